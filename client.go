@@ -1,0 +1,362 @@
+package mq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Client is an open connection to one broker, from which producers and
+// consumers are made. It is safe for concurrent use. Close it when done.
+type Client struct {
+	conn     Conn
+	scheme   string
+	redacted string
+	defaults options
+
+	mu        sync.Mutex
+	closed    bool
+	consumers map[*consumer]struct{}
+	closeErr  error
+	closeOnce sync.Once
+}
+
+// Open connects to the broker named by rawURL, using the backend registered
+// for its scheme. Query parameters understood by every backend:
+//
+//	group=NAME                consumer group (see WithGroup)
+//	concurrency=N             handlers run at once per consumer (default 1)
+//	max_in_flight=N           unsettled messages per consumer (default 4×concurrency, at least 16)
+//	shutdown_timeout=DUR      graceful shutdown bound (default 30s)
+//	nack_backoff=DUR          first in-process redelivery delay (default 100ms)
+//	max_nack_backoff=DUR      longest in-process redelivery delay (default 10s)
+//	max_message_bytes=N       reject larger messages before sending
+//
+// Other parameters belong to the backend, which rejects those it does not
+// know. Errors never contain the URL's password. opts override the URL.
+func Open(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
+	u, err := parseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	d, err := lookupDriver(u.Scheme)
+	if err != nil {
+		return nil, err
+	}
+	o := defaultOptions()
+	if err := o.fromQuery(u); err != nil {
+		return nil, fmt.Errorf("%w %s: %w", ErrInvalidURL, u.Redacted(), err)
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	conn, err := d.Open(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("mq: open %s: %w", u.Redacted(), err)
+	}
+	return newClient(conn, u.Scheme, u.Redacted(), o), nil
+}
+
+// NewClient wraps a backend connection made without the registry (as
+// sql.OpenDB does for a driver.Connector), for example a memory.Broker
+// shared by several clients in one process.
+func NewClient(conn Conn, opts ...Option) *Client {
+	o := defaultOptions()
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return newClient(conn, "", fmt.Sprintf("%T", conn), o)
+}
+
+func newClient(conn Conn, scheme, redacted string, o options) *Client {
+	return &Client{conn: conn, scheme: scheme, redacted: redacted, defaults: o, consumers: map[*consumer]struct{}{}}
+}
+
+// String returns the client's URL with any password replaced by "xxxxx".
+func (c *Client) String() string { return c.redacted }
+
+// Conn returns the backend connection, for backend-specific operations
+// (each backend package documents what its Conn offers).
+func (c *Client) Conn() Conn { return c.conn }
+
+// Producer returns a producer that sends through this client. It is cheap:
+// producers share the client's connection.
+func (c *Client) Producer(opts ...Option) Producer {
+	o := c.defaults
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &producer{client: c, maxBytes: o.maxMessageBytes}
+}
+
+// Consumer joins a consumer group on topic and returns a consumer. The
+// group comes from WithGroup or the URL's group parameter. When Consumer
+// returns, the group exists: messages produced afterwards are kept for it
+// even before Consume is called.
+func (c *Client) Consumer(ctx context.Context, topic string, opts ...Option) (Consumer, error) {
+	o := c.defaults
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	if topic == "" {
+		return nil, fmt.Errorf("%w: empty topic name", ErrInvalidMessage)
+	}
+	if o.group == "" {
+		return nil, fmt.Errorf("%w: set mq.WithGroup or ?group= in the URL (topic %q)", ErrNoGroup, topic)
+	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	sub, err := c.conn.Subscribe(ctx, topic, o.group, SubscribeOptions{MaxInFlight: o.maxInFlight, Concurrency: o.concurrency})
+	if err != nil {
+		return nil, fmt.Errorf("mq: subscribe %q group %q: %w", topic, o.group, err)
+	}
+	cons := &consumer{client: c, topic: topic, group: o.group, opts: o, sub: sub, done: make(chan struct{})}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		_ = sub.Close()
+		return nil, ErrClosed
+	}
+	c.consumers[cons] = struct{}{}
+	c.mu.Unlock()
+	return cons, nil
+}
+
+func (c *Client) forget(cons *consumer) {
+	c.mu.Lock()
+	delete(c.consumers, cons)
+	c.mu.Unlock()
+}
+
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// Close shuts down the client's consumers gracefully (as Consumer.Close),
+// then closes the connection. Producers and consumers of a closed client
+// return ErrClosed. Close is idempotent and safe to call concurrently; every
+// call returns the result of the first.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		cs := make([]*consumer, 0, len(c.consumers))
+		for cons := range c.consumers {
+			cs = append(cs, cons)
+		}
+		c.mu.Unlock()
+		var errs []error
+		for _, cons := range cs {
+			errs = append(errs, cons.Close())
+		}
+		errs = append(errs, c.conn.Close())
+		c.closeErr = errors.Join(errs...)
+	})
+	return c.closeErr
+}
+
+// Option configures a Client, Producer or Consumer. Options given to Open
+// set defaults for everything made from the client; options given to
+// Client.Producer or Client.Consumer override them for that one.
+type Option func(*options)
+
+type options struct {
+	group           string
+	concurrency     int
+	maxInFlight     int
+	shutdownTimeout time.Duration
+	nackBackoff     time.Duration
+	maxNackBackoff  time.Duration
+	maxMessageBytes int
+	logger          *slog.Logger
+}
+
+func defaultOptions() options {
+	return options{
+		concurrency:     1,
+		shutdownTimeout: 30 * time.Second,
+		nackBackoff:     100 * time.Millisecond,
+		maxNackBackoff:  10 * time.Second,
+	}
+}
+
+func (o *options) validate() error {
+	switch {
+	case o.concurrency < 1:
+		return fmt.Errorf("mq: concurrency must be at least 1, got %d", o.concurrency)
+	case o.maxInFlight < 0:
+		return fmt.Errorf("mq: max in-flight must not be negative, got %d", o.maxInFlight)
+	case o.shutdownTimeout < 0:
+		return fmt.Errorf("mq: shutdown timeout must not be negative, got %v", o.shutdownTimeout)
+	case o.nackBackoff < 0 || o.maxNackBackoff < 0:
+		return errors.New("mq: nack backoff must not be negative")
+	case o.maxMessageBytes < 0:
+		return fmt.Errorf("mq: max message bytes must not be negative, got %d", o.maxMessageBytes)
+	}
+	if o.maxInFlight == 0 {
+		o.maxInFlight = max(4*o.concurrency, 16)
+	}
+	if o.maxInFlight < o.concurrency {
+		o.maxInFlight = o.concurrency
+	}
+	if o.maxNackBackoff < o.nackBackoff {
+		o.maxNackBackoff = o.nackBackoff
+	}
+	return nil
+}
+
+// WithGroup sets the consumer group. Consumers in one group share the
+// topic's messages; every group gets all of them.
+func WithGroup(name string) Option { return func(o *options) { o.group = name } }
+
+// WithConcurrency sets how many handlers a consumer runs at once
+// (default 1). Messages with the same key still run one at a time, in
+// order; different keys run in parallel.
+func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
+
+// WithMaxInFlight bounds the messages a consumer holds unsettled: running,
+// queued behind a busy key, or waiting for an in-process retry. When the
+// bound is reached the consumer stops fetching. Default 4×concurrency, at
+// least 16.
+func WithMaxInFlight(n int) Option { return func(o *options) { o.maxInFlight = n } }
+
+// WithShutdownTimeout bounds how long a stopping consumer waits for running
+// handlers before cancelling their context (default 30s). It then still
+// waits for them to return.
+func WithShutdownTimeout(d time.Duration) Option {
+	return func(o *options) { o.shutdownTimeout = d }
+}
+
+// WithNackBackoff sets the delay before a message whose handler failed is
+// handed to the handler again: initial for the first redelivery, doubling
+// up to max (defaults 100ms and 10s).
+func WithNackBackoff(initial, max time.Duration) Option {
+	return func(o *options) { o.nackBackoff, o.maxNackBackoff = initial, max }
+}
+
+// WithMaxMessageBytes makes Produce reject, before sending, a message whose
+// body, key, ID and headers together exceed n bytes. Zero means the
+// backend's own limit only.
+func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessageBytes = n } }
+
+// WithLogger sets the logger for errors a consumer cannot return (failed
+// acks, handler panics, retried receive errors). Default slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
+
+func (o *options) log() *slog.Logger {
+	if o.logger != nil {
+		return o.logger
+	}
+	return slog.Default()
+}
+
+// fromQuery takes the portable parameters out of u's query.
+func (o *options) fromQuery(u *url.URL) error {
+	q := u.Query()
+	var errs []error
+	take := func(name string, set func(string) error) {
+		if !q.Has(name) {
+			return
+		}
+		v := q.Get(name)
+		q.Del(name)
+		if err := set(v); err != nil {
+			errs = append(errs, fmt.Errorf("parameter %s=%q: %w", name, v, err))
+		}
+	}
+	intParam := func(dst *int) func(string) error {
+		return func(s string) error {
+			n, err := strconv.Atoi(s)
+			if err != nil {
+				return errors.New("not a whole number")
+			}
+			*dst = n
+			return nil
+		}
+	}
+	durParam := func(dst *time.Duration) func(string) error {
+		return func(s string) error {
+			d, err := time.ParseDuration(s)
+			if err != nil {
+				return errors.New("not a duration such as 250ms or 5s")
+			}
+			*dst = d
+			return nil
+		}
+	}
+	take("group", func(s string) error { o.group = s; return nil })
+	take("concurrency", intParam(&o.concurrency))
+	take("max_in_flight", intParam(&o.maxInFlight))
+	take("shutdown_timeout", durParam(&o.shutdownTimeout))
+	take("nack_backoff", durParam(&o.nackBackoff))
+	take("max_nack_backoff", durParam(&o.maxNackBackoff))
+	take("max_message_bytes", intParam(&o.maxMessageBytes))
+	u.RawQuery = q.Encode()
+	return errors.Join(errs...)
+}
+
+// parseURL parses rawURL without ever echoing its password in an error.
+func parseURL(rawURL string) (*url.URL, error) {
+	if strings.TrimSpace(rawURL) == "" {
+		return nil, fmt.Errorf("%w: empty URL (want e.g. mem://, kafka://host:9092, amqp://host:5672/, redis://host:6379/0)", ErrInvalidURL)
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the whole URL, password included
+		}
+		return nil, fmt.Errorf("%w %q: %v", ErrInvalidURL, RedactURL(rawURL), err)
+	}
+	if u.Scheme == "" {
+		return nil, fmt.Errorf("%w %q: no scheme (want e.g. mem://, kafka://, amqp://, redis://)", ErrInvalidURL, u.Redacted())
+	}
+	return u, nil
+}
+
+// RedactURL returns rawURL with the password of its user information
+// replaced by "xxxxx". It works on strings url.Parse rejects, so it is safe
+// for error messages about malformed URLs.
+func RedactURL(rawURL string) string {
+	if u, err := url.Parse(rawURL); err == nil {
+		return u.Redacted()
+	}
+	rest := rawURL
+	prefix := ""
+	if i := strings.Index(rest, "://"); i >= 0 {
+		prefix, rest = rest[:i+3], rest[i+3:]
+	}
+	auth := rest
+	if i := strings.IndexAny(auth, "/?#"); i >= 0 {
+		auth = auth[:i]
+	}
+	at := strings.LastIndex(auth, "@")
+	if at < 0 {
+		return rawURL
+	}
+	user := auth[:at]
+	if i := strings.Index(user, ":"); i >= 0 {
+		user = user[:i] + ":xxxxx"
+	} else {
+		user = "xxxxx" // can't tell a user from a token: hide it all
+	}
+	return prefix + user + rest[at:]
+}

@@ -1,0 +1,152 @@
+package mq
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+)
+
+// This file holds what a backend implements. Services do not use these
+// types directly: they use Open, Client, Producer and Consumer, and the
+// portable layer adds ID generation, validation, key-ordered concurrency,
+// in-process redelivery and graceful shutdown on top of every backend.
+
+// Driver opens connections for one URL scheme. A backend registers its
+// Driver with Register from an init function.
+type Driver interface {
+	// Open connects to the broker that u names. The portable query
+	// parameters (see Open) have been removed from u; the driver must
+	// reject any parameter it does not know with an error wrapping
+	// ErrInvalidURL. Errors must not contain the URL's password.
+	Open(ctx context.Context, u *url.URL) (Conn, error)
+}
+
+// Conn is an open connection to a broker. Its methods may be called
+// concurrently.
+type Conn interface {
+	// Send durably writes msgs to topic and returns after the broker has
+	// accepted all of them. Every message has a non-empty ID and passed the
+	// portable checks. Send must not keep msgs or their Body after it
+	// returns. A message over the backend's size limit fails with an error
+	// wrapping ErrMessageTooLarge before anything is sent.
+	Send(ctx context.Context, topic string, msgs []*Message) error
+
+	// Subscribe joins group on topic and returns a subscription. When
+	// Subscribe returns, the group exists on the broker: messages produced
+	// from then on are kept for it even before Receive is first called.
+	Subscribe(ctx context.Context, topic, group string, opts SubscribeOptions) (Subscription, error)
+
+	// Close releases the connection. Subscriptions and sends in progress
+	// fail with ErrClosed. Close is idempotent.
+	Close() error
+}
+
+// SubscribeOptions tells a driver how the portable consumer will use a
+// subscription, so it can size its buffers.
+type SubscribeOptions struct {
+	// MaxInFlight is the most deliveries the consumer holds unacknowledged
+	// at once (fetched, running, or waiting for an in-process retry).
+	MaxInFlight int
+	// Concurrency is how many handlers run at once.
+	Concurrency int
+}
+
+// Subscription is one consumer's membership of a group. Receive is called
+// from one goroutine; Ack and Nack of its deliveries from many.
+type Subscription interface {
+	// Receive blocks until at least one delivery is available, ctx is done
+	// or the subscription is closed, and returns at most max deliveries.
+	// Deliveries of one key must come in produce order. A transient broker
+	// failure should be retried inside Receive (reconnecting as needed); an
+	// error returned by Receive is logged and Receive called again after a
+	// backoff, unless it wraps ErrClosed or is Permanent, which end Consume.
+	Receive(ctx context.Context, max int) ([]Delivery, error)
+
+	// Close leaves the group. Deliveries not yet acknowledged go back to
+	// the broker (or, for Kafka, their offsets stay uncommitted). Close is
+	// idempotent.
+	Close() error
+}
+
+// Delivery is one message delivered to a subscription, with the means to
+// settle it. Each delivery is settled once, by Ack or Nack.
+type Delivery interface {
+	// Message returns the delivered message, with Topic, Timestamp and
+	// Attempt set. The portable layer may modify it (Attempt grows with
+	// in-process retries).
+	Message() *Message
+	// Ack tells the broker the message was handled.
+	Ack(ctx context.Context) error
+	// Nack returns the message to the broker for redelivery, to this or
+	// another member of the group. The portable layer calls it for messages
+	// it fetched but did not finish (at shutdown); handler errors are
+	// retried in-process instead, which keeps key order.
+	Nack(ctx context.Context) error
+}
+
+// Sizer is implemented by a Conn that knows the largest message its broker
+// accepts. Produce checks it, before anything is sent, when the message is
+// larger than a limit set with WithMaxMessageBytes would allow anyway.
+type Sizer interface {
+	// MaxMessageBytes returns the largest encoded message (body, key,
+	// headers and ID) the broker accepts.
+	MaxMessageBytes() int
+}
+
+var drivers struct {
+	mu sync.RWMutex
+	m  map[string]Driver
+}
+
+// Register makes a driver available under a URL scheme. It panics if d is
+// nil or the scheme is already registered, as database/sql.Register does.
+// Backends call it from init; services do not need to.
+func Register(scheme string, d Driver) {
+	if d == nil {
+		panic("mq: Register driver is nil")
+	}
+	drivers.mu.Lock()
+	defer drivers.mu.Unlock()
+	if _, dup := drivers.m[scheme]; dup {
+		panic("mq: Register called twice for scheme " + scheme)
+	}
+	if drivers.m == nil {
+		drivers.m = make(map[string]Driver)
+	}
+	drivers.m[scheme] = d
+}
+
+// Schemes returns the registered URL schemes, sorted.
+func Schemes() []string {
+	drivers.mu.RLock()
+	defer drivers.mu.RUnlock()
+	s := make([]string, 0, len(drivers.m))
+	for k := range drivers.m {
+		s = append(s, k)
+	}
+	slices.Sort(s)
+	return s
+}
+
+func lookupDriver(scheme string) (Driver, error) {
+	drivers.mu.RLock()
+	d := drivers.m[scheme]
+	drivers.mu.RUnlock()
+	if d == nil {
+		return nil, fmt.Errorf("%w %q (registered: %v; is the backend package imported?)", ErrUnknownScheme, scheme, Schemes())
+	}
+	return d, nil
+}
+
+// backoff returns the n-th (from 1) delay of an exponential backoff from
+// initial to max.
+func backoff(n int, initial, max time.Duration) time.Duration {
+	d := initial
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
+}

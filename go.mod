@@ -1,0 +1,3 @@
+module github.com/mqkit/mq
+
+go 1.24

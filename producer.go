@@ -1,0 +1,63 @@
+package mq
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+)
+
+type producer struct {
+	client   *Client
+	maxBytes int
+	closed   atomic.Bool
+}
+
+// Size returns the bytes m takes on the wire before backend framing: body,
+// key, ID and header names and values. Size limits are checked against it.
+func (m *Message) Size() int {
+	n := len(m.Body) + len(m.Key) + len(m.ID)
+	for k, v := range m.Headers {
+		n += len(k) + len(v)
+	}
+	return n
+}
+
+func (p *producer) Produce(ctx context.Context, topic string, msgs ...*Message) error {
+	if p.closed.Load() || p.client.isClosed() {
+		return ErrClosed
+	}
+	if topic == "" {
+		return fmt.Errorf("%w: empty topic name", ErrInvalidMessage)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	limit := p.maxBytes
+	if s, ok := p.client.conn.(Sizer); ok {
+		if bl := s.MaxMessageBytes(); bl > 0 && (limit == 0 || bl < limit) {
+			limit = bl
+		}
+	}
+	for i, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("%w: message %d of %d is nil", ErrInvalidMessage, i+1, len(msgs))
+		}
+		if m.ID == "" {
+			m.ID = NewID()
+		}
+		if limit > 0 {
+			if n := m.Size(); n > limit {
+				return fmt.Errorf("%w: message %s is %d bytes, the limit is %d", ErrMessageTooLarge, m.ID, n, limit)
+			}
+		}
+	}
+	if err := p.client.conn.Send(ctx, topic, msgs); err != nil {
+		return fmt.Errorf("mq: produce to %q: %w", topic, err)
+	}
+	return nil
+}
+
+func (p *producer) Close() error {
+	p.closed.Store(true)
+	return nil
+}
