@@ -51,7 +51,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	}
 	o := defaultOptions()
 	if err := o.fromQuery(u); err != nil {
-		return nil, fmt.Errorf("%w %s: %w", ErrInvalidURL, u.Redacted(), err)
+		return nil, fmt.Errorf("%w %s: %w", ErrInvalidURL, displayURL(u), err)
 	}
 	for _, opt := range opts {
 		opt(&o)
@@ -61,9 +61,9 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	}
 	conn, err := d.Open(ctx, u)
 	if err != nil {
-		return nil, fmt.Errorf("mq: open %s: %w", u.Redacted(), err)
+		return nil, fmt.Errorf("mq: open %s: %w", displayURL(u), err)
 	}
-	return newClient(conn, u.Scheme, u.Redacted(), o), nil
+	return newClient(conn, u.Scheme, displayURL(u), o), nil
 }
 
 // NewClient wraps a backend connection made without the registry (as
@@ -327,7 +327,7 @@ func parseURL(rawURL string) (*url.URL, error) {
 		return nil, fmt.Errorf("%w %q: %v", ErrInvalidURL, RedactURL(rawURL), err)
 	}
 	if u.Scheme == "" {
-		return nil, fmt.Errorf("%w %q: no scheme (want e.g. mem://, kafka://, amqp://, redis://)", ErrInvalidURL, u.Redacted())
+		return nil, fmt.Errorf("%w %q: no scheme (want e.g. mem://, kafka://, amqp://, redis://)", ErrInvalidURL, displayURL(u))
 	}
 	return u, nil
 }
@@ -359,4 +359,14 @@ func RedactURL(rawURL string) string {
 		user = "xxxxx" // can't tell a user from a token: hide it all
 	}
 	return prefix + user + rest[at:]
+}
+
+// displayURL is u with its password hidden, keeping the "//" of a URL with
+// no host (mem://) that url.URL.String drops.
+func displayURL(u *url.URL) string {
+	s := u.Redacted()
+	if u.Scheme != "" && !strings.HasPrefix(s, u.Scheme+"://") {
+		s = u.Scheme + "://" + strings.TrimPrefix(s, u.Scheme+":")
+	}
+	return s
 }

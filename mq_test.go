@@ -1,0 +1,190 @@
+package mq_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/mqkit/mq"
+	_ "github.com/mqkit/mq/memory"
+)
+
+func TestOpenErrors(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		url     string
+		wantErr error
+		wantIn  string
+	}{
+		{"", mq.ErrInvalidURL, "empty URL"},
+		{"   ", mq.ErrInvalidURL, "empty URL"},
+		{"no-scheme-here", mq.ErrInvalidURL, "no scheme"},
+		{"nosuch://host", mq.ErrUnknownScheme, `"nosuch"`},
+		{"amqp://user:s3cret@host:notaport/", mq.ErrInvalidURL, "invalid port"},
+		{"kafka://user:s3cret@host:9092/%zz", mq.ErrInvalidURL, "user:xxxxx@"},
+		{"mem://?concurrency=abc", mq.ErrInvalidURL, "concurrency"},
+		{"mem://?shutdown_timeout=forever", mq.ErrInvalidURL, "shutdown_timeout"},
+		{"mem://?concurrency=0", nil, "concurrency must be at least 1"},
+		{"mem://?bogus=1", mq.ErrInvalidURL, `unknown mem:// parameter "bogus"`},
+		{"mem://?when_full=maybe", mq.ErrInvalidURL, "when_full"},
+		{"mem://somehost", mq.ErrInvalidURL, "no host"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.url, func(t *testing.T) {
+			c, err := mq.Open(ctx, tc.url)
+			if err == nil {
+				c.Close()
+				t.Fatalf("Open(%q) succeeded, want error", tc.url)
+			}
+			if tc.wantErr != nil && !errors.Is(err, tc.wantErr) {
+				t.Errorf("Open(%q) = %v, want errors.Is %v", tc.url, err, tc.wantErr)
+			}
+			if !strings.Contains(err.Error(), tc.wantIn) {
+				t.Errorf("Open(%q) = %q, want it to mention %q", tc.url, err, tc.wantIn)
+			}
+			if strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("Open(%q) error leaks the password: %q", tc.url, err)
+			}
+		})
+	}
+}
+
+func TestOpenMemory(t *testing.T) {
+	c, err := mq.Open(context.Background(), "mem://?group=g&concurrency=4&capacity=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := c.String(); got != "mem://?capacity=10" {
+		t.Errorf("String() = %q", got)
+	}
+	if _, err := c.Consumer(context.Background(), "t"); err != nil {
+		t.Errorf("group from URL not used: %v", err)
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"amqp://guest:guest@host:5672/":    "amqp://guest:xxxxx@host:5672/",
+		"amqp://user:p@ss@host:bad/":       "amqp://user:xxxxx@host:bad/",
+		"redis://:token@host:6379/0":       "redis://:xxxxx@host:6379/0",
+		"kafka://h1:9092,h2:9092":          "kafka://h1:9092,h2:9092",
+		"amqp://user:s3cret@host:%zz/x?y=1": "amqp://user:xxxxx@host:%zz/x?y=1",
+		"amqp://onlytoken@host:%zz/":        "amqp://xxxxx@host:%zz/",
+	} {
+		if got := mq.RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestChainOrder(t *testing.T) {
+	var trace []string
+	mw := func(name string) mq.Middleware {
+		return func(next mq.Handler) mq.Handler {
+			return mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+				trace = append(trace, name+">")
+				err := next.Handle(ctx, m)
+				trace = append(trace, "<"+name)
+				return err
+			})
+		}
+	}
+	h := mq.Chain(mq.HandlerFunc(func(context.Context, *mq.Message) error {
+		trace = append(trace, "h")
+		return nil
+	}), mw("a"), nil, mw("b"))
+	if err := h.Handle(context.Background(), &mq.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(trace, " "); got != "a> b> h <b <a" {
+		t.Errorf("trace = %q", got)
+	}
+}
+
+func TestPermanent(t *testing.T) {
+	base := errors.New("bad input")
+	p := mq.Permanent(base)
+	if !mq.IsPermanent(p) || !errors.Is(p, base) {
+		t.Errorf("Permanent lost its marker or cause: %v", p)
+	}
+	wrapped := fmt.Errorf("step: %w", p)
+	if !mq.IsPermanent(wrapped) {
+		t.Error("IsPermanent does not see through wrapping")
+	}
+	if mq.Permanent(nil) != nil {
+		t.Error("Permanent(nil) != nil")
+	}
+	if mq.Permanent(p) != p {
+		t.Error("Permanent wraps twice")
+	}
+	if mq.IsPermanent(base) {
+		t.Error("plain error reported permanent")
+	}
+}
+
+var uuidV7 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+func TestNewIDOrderedAndUnique(t *testing.T) {
+	const n = 20000
+	var mu sync.Mutex
+	seen := make(map[string]bool, n)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			prev := ""
+			for range n / 4 {
+				id := mq.NewID()
+				if !uuidV7.MatchString(id) {
+					t.Errorf("goroutine %d: %q is not a UUIDv7", g, id)
+					return
+				}
+				if id <= prev {
+					t.Errorf("IDs not increasing: %q after %q", id, prev)
+					return
+				}
+				prev = id
+				mu.Lock()
+				if seen[id] {
+					t.Errorf("duplicate ID %q", id)
+				}
+				seen[id] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	ids := make([]string, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	if len(ids) != n {
+		t.Errorf("%d unique IDs, want %d", len(ids), n)
+	}
+}
+
+func TestMessageHelpers(t *testing.T) {
+	var m mq.Message
+	if m.Header("x") != "" {
+		t.Error("Header on nil map")
+	}
+	m.SetHeader("x", "1")
+	m.Body = []byte("abc")
+	c := m.Clone()
+	c.Headers["x"] = "2"
+	c.Body[0] = 'z'
+	if m.Header("x") != "1" || string(m.Body) != "abc" {
+		t.Error("Clone shares memory with the original")
+	}
+	if got := (&mq.Message{ID: "i", Key: "kk", Body: []byte("bbb"), Headers: map[string]string{"h": "vv"}}).Size(); got != 1+2+3+1+2 {
+		t.Errorf("Size = %d", got)
+	}
+}
