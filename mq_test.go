@@ -70,10 +70,10 @@ func TestOpenMemory(t *testing.T) {
 
 func TestRedactURL(t *testing.T) {
 	for in, want := range map[string]string{
-		"amqp://guest:guest@host:5672/":    "amqp://guest:xxxxx@host:5672/",
-		"amqp://user:p@ss@host:bad/":       "amqp://user:xxxxx@host:bad/",
-		"redis://:token@host:6379/0":       "redis://:xxxxx@host:6379/0",
-		"kafka://h1:9092,h2:9092":          "kafka://h1:9092,h2:9092",
+		"amqp://guest:guest@host:5672/":     "amqp://guest:xxxxx@host:5672/",
+		"amqp://user:p@ss@host:bad/":        "amqp://user:xxxxx@host:bad/",
+		"redis://:token@host:6379/0":        "redis://:xxxxx@host:6379/0",
+		"kafka://h1:9092,h2:9092":           "kafka://h1:9092,h2:9092",
 		"amqp://user:s3cret@host:%zz/x?y=1": "amqp://user:xxxxx@host:%zz/x?y=1",
 		"amqp://onlytoken@host:%zz/":        "amqp://xxxxx@host:%zz/",
 	} {
