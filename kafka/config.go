@@ -1,0 +1,449 @@
+package kafka
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/mqkit/mq"
+	"github.com/xdg-go/scram"
+)
+
+// Config configures a Kafka connection. ParseURL fills one from a kafka://
+// URL; NewConn takes one directly. The zero value of every field means its
+// documented default.
+type Config struct {
+	// Brokers are the bootstrap brokers, host:port. Required.
+	Brokers []string
+
+	// ClientID names this client to the brokers. Default "mqkit".
+	ClientID string
+	// Version is the Kafka protocol version sarama speaks. Default 2.8.0,
+	// which every broker from 2.8 to 4.x accepts.
+	Version sarama.KafkaVersion
+
+	// CreateTopics creates a missing topic on first use with Partitions and
+	// ReplicationFactor. Without it, producing to or consuming from a
+	// missing topic fails with an error saying so.
+	CreateTopics bool
+	// Partitions of created topics. Default 1.
+	Partitions int32
+	// ReplicationFactor of created topics. Default: the broker's
+	// default.replication.factor.
+	ReplicationFactor int16
+
+	// MaxMessageBytes is the largest message the producer sends; Produce
+	// rejects larger ones before sending. Created topics get it as their
+	// max.message.bytes. Default 1000000 (the broker default is 1048588).
+	MaxMessageBytes int
+	// Compression of produced batches: none (default), gzip, snappy, lz4
+	// or zstd.
+	Compression sarama.CompressionCodec
+	// Linger is how long the producer waits to fill a batch. Default 0:
+	// send as soon as the previous request is answered (batches still form
+	// under load).
+	Linger time.Duration
+	// BatchBytes sends a batch once it holds this many bytes. Default 0
+	// (no threshold besides Linger).
+	BatchBytes int
+	// DisableIdempotence turns off sarama's idempotent producer, which is
+	// on by default so that its internal retries never write a message
+	// twice.
+	DisableIdempotence bool
+	// Partitioner picks a keyed message's partition: "murmur2" (default,
+	// the Java client's), "sarama" (FNV-1a), "reference" (FNV-1a with the
+	// sign handled as Java does), "roundrobin" or "random".
+	Partitioner string
+
+	// StartNewest makes a group with no committed offset start at the end
+	// of each partition. By default it starts at the oldest retained
+	// message, so nothing produced after the group was created is missed.
+	StartNewest bool
+	// Balance is the partition assignment strategy: "range" (default),
+	// "roundrobin" or "sticky".
+	Balance string
+	// DrainTimeout bounds how long a partition being revoked by a
+	// rebalance waits for its in-flight handlers before its offsets are
+	// committed and it is released. Default 15s. Messages still running
+	// after it are redelivered to the new owner (at least once).
+	DrainTimeout time.Duration
+	// SessionTimeout is the consumer group session timeout. Default 10s.
+	SessionTimeout time.Duration
+	// DialTimeout bounds connecting to a broker. Default 10s.
+	DialTimeout time.Duration
+
+	// TLS, when non-nil, makes connections use TLS.
+	TLS *tls.Config
+	// SASLMechanism is "" (none), "PLAIN", "SCRAM-SHA-256" or
+	// "SCRAM-SHA-512".
+	SASLMechanism string
+	// User and Password for SASL.
+	User, Password string
+
+	// Sarama, when set, is called last with the sarama configuration, for
+	// settings this package does not expose.
+	Sarama func(*sarama.Config)
+}
+
+// String describes the configuration without the password.
+func (c Config) String() string {
+	pw := ""
+	if c.Password != "" {
+		pw = ", password xxxxx"
+	}
+	return fmt.Sprintf("kafka brokers %v (client %q, sasl %q, user %q%s, tls %v)", c.Brokers, c.clientID(), c.SASLMechanism, c.User, pw, c.TLS != nil)
+}
+
+func (c Config) clientID() string {
+	if c.ClientID == "" {
+		return "mqkit"
+	}
+	return c.ClientID
+}
+
+// ParseURL reads a Config from a URL of the form
+//
+//	kafka://[user:password@]host1:9092[,host2:9092...]/?param=value&...
+//
+// Parameters (unknown ones are an error):
+//
+//	client_id=NAME            Config.ClientID
+//	version=3.9.0             Config.Version
+//	create_topics=true        Config.CreateTopics
+//	partitions=N              Config.Partitions
+//	replication=N             Config.ReplicationFactor
+//	message_max_bytes=N       Config.MaxMessageBytes
+//	compression=zstd          none, gzip, snappy, lz4, zstd
+//	linger=5ms                Config.Linger
+//	batch_bytes=N             Config.BatchBytes
+//	idempotent=false          Config.DisableIdempotence
+//	partitioner=murmur2       murmur2, sarama, reference, roundrobin, random
+//	start=oldest              oldest or newest
+//	balance=range             range, roundrobin, sticky
+//	drain_timeout=15s         Config.DrainTimeout
+//	session_timeout=10s       Config.SessionTimeout
+//	dial_timeout=10s          Config.DialTimeout
+//	tls=true                  use TLS (implied by any tls_* parameter)
+//	tls_ca=FILE               PEM file of CAs to trust
+//	tls_cert=FILE, tls_key=FILE  client certificate
+//	tls_server_name=NAME      name to verify in the server certificate
+//	tls_insecure=true         do not verify the server certificate
+//	sasl=plain                plain, scram-sha-256, scram-sha-512 (user and
+//	                          password from the URL)
+//
+// The portable parameters of mq.Open (group, concurrency, ...) are removed
+// by mq.Open before the driver sees the URL.
+func ParseURL(u *url.URL) (Config, error) {
+	var c Config
+	if u.Scheme != "kafka" {
+		return c, fmt.Errorf("%w: scheme %q, want kafka", mq.ErrInvalidURL, u.Scheme)
+	}
+	for _, b := range strings.Split(u.Host, ",") {
+		if b = strings.TrimSpace(b); b == "" {
+			continue
+		}
+		if !strings.Contains(b, ":") {
+			b += ":9092"
+		}
+		c.Brokers = append(c.Brokers, b)
+	}
+	if len(c.Brokers) == 0 {
+		return c, fmt.Errorf("%w: kafka:// needs at least one broker, as kafka://host:9092", mq.ErrInvalidURL)
+	}
+	if u.Path != "" && u.Path != "/" {
+		return c, fmt.Errorf("%w: kafka:// takes no path, got %q", mq.ErrInvalidURL, u.Path)
+	}
+	if u.User != nil {
+		c.User = u.User.Username()
+		c.Password, _ = u.User.Password()
+	}
+	var errs []error
+	bad := func(name, v, want string) {
+		errs = append(errs, fmt.Errorf("%s=%q: want %s", name, v, want))
+	}
+	var tlsOn bool
+	var caFile, certFile, keyFile, serverName string
+	var insecure bool
+	q := u.Query()
+	names := slices.Sorted(func(yield func(string) bool) {
+		for k := range q {
+			if !yield(k) {
+				return
+			}
+		}
+	})
+	for _, name := range names {
+		v := q.Get(name)
+		switch name {
+		case "client_id":
+			c.ClientID = v
+		case "version":
+			ver, err := sarama.ParseKafkaVersion(v)
+			if err != nil {
+				bad(name, v, "a Kafka version such as 3.9.0")
+			}
+			c.Version = ver
+		case "create_topics":
+			c.CreateTopics = parseBool(v, name, bad)
+		case "partitions":
+			n, err := strconv.ParseInt(v, 10, 32)
+			if err != nil || n < 1 {
+				bad(name, v, "a whole number above 0")
+			}
+			c.Partitions = int32(n)
+		case "replication":
+			n, err := strconv.ParseInt(v, 10, 16)
+			if err != nil || n < 1 {
+				bad(name, v, "a whole number above 0")
+			}
+			c.ReplicationFactor = int16(n)
+		case "message_max_bytes":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				bad(name, v, "a whole number above 0")
+			}
+			c.MaxMessageBytes = n
+		case "compression":
+			codec, ok := map[string]sarama.CompressionCodec{
+				"none": sarama.CompressionNone, "gzip": sarama.CompressionGZIP, "snappy": sarama.CompressionSnappy,
+				"lz4": sarama.CompressionLZ4, "zstd": sarama.CompressionZSTD,
+			}[v]
+			if !ok {
+				bad(name, v, "none, gzip, snappy, lz4 or zstd")
+			}
+			c.Compression = codec
+		case "linger":
+			c.Linger = parseDuration(v, name, bad)
+		case "batch_bytes":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				bad(name, v, "a whole number")
+			}
+			c.BatchBytes = n
+		case "idempotent":
+			c.DisableIdempotence = !parseBool(v, name, bad)
+		case "partitioner":
+			if _, ok := partitioners[v]; !ok {
+				bad(name, v, "murmur2, sarama, reference, roundrobin or random")
+			}
+			c.Partitioner = v
+		case "start":
+			switch v {
+			case "oldest":
+			case "newest":
+				c.StartNewest = true
+			default:
+				bad(name, v, "oldest or newest")
+			}
+		case "balance":
+			if _, ok := balancers[v]; !ok {
+				bad(name, v, "range, roundrobin or sticky")
+			}
+			c.Balance = v
+		case "drain_timeout":
+			c.DrainTimeout = parseDuration(v, name, bad)
+		case "session_timeout":
+			c.SessionTimeout = parseDuration(v, name, bad)
+		case "dial_timeout":
+			c.DialTimeout = parseDuration(v, name, bad)
+		case "tls":
+			tlsOn = parseBool(v, name, bad)
+		case "tls_ca":
+			caFile, tlsOn = v, true
+		case "tls_cert":
+			certFile, tlsOn = v, true
+		case "tls_key":
+			keyFile, tlsOn = v, true
+		case "tls_server_name":
+			serverName, tlsOn = v, true
+		case "tls_insecure":
+			insecure, tlsOn = parseBool(v, name, bad), true
+		case "sasl":
+			mech, ok := map[string]string{"plain": sarama.SASLTypePlaintext, "scram-sha-256": sarama.SASLTypeSCRAMSHA256, "scram-sha-512": sarama.SASLTypeSCRAMSHA512}[strings.ToLower(v)]
+			if !ok {
+				bad(name, v, "plain, scram-sha-256 or scram-sha-512")
+			}
+			c.SASLMechanism = mech
+		default:
+			errs = append(errs, fmt.Errorf("unknown kafka:// parameter %q", name))
+		}
+	}
+	if c.SASLMechanism != "" && c.User == "" {
+		errs = append(errs, errors.New("sasl needs a user and password in the URL (kafka://user:password@host:9092)"))
+	}
+	if c.SASLMechanism == "" && c.User != "" {
+		errs = append(errs, errors.New("the URL has a user but no sasl=plain|scram-sha-256|scram-sha-512 to authenticate with"))
+	}
+	if (certFile == "") != (keyFile == "") {
+		errs = append(errs, errors.New("tls_cert and tls_key go together"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("%w: %w", mq.ErrInvalidURL, err)
+	}
+	if tlsOn {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: insecure}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return c, fmt.Errorf("%w: tls_ca: %w", mq.ErrInvalidURL, err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return c, fmt.Errorf("%w: tls_ca %q holds no PEM certificate", mq.ErrInvalidURL, caFile)
+			}
+		}
+		if certFile != "" {
+			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+			if err != nil {
+				return c, fmt.Errorf("%w: tls_cert/tls_key: %w", mq.ErrInvalidURL, err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		c.TLS = tc
+	}
+	return c, nil
+}
+
+func parseBool(v, name string, bad func(name, v, want string)) bool {
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		bad(name, v, "true or false")
+	}
+	return b
+}
+
+func parseDuration(v, name string, bad func(name, v, want string)) time.Duration {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		bad(name, v, "a duration such as 500ms or 10s")
+	}
+	return d
+}
+
+var balancers = map[string]sarama.BalanceStrategy{
+	"range":      sarama.NewBalanceStrategyRange(),
+	"roundrobin": sarama.NewBalanceStrategyRoundRobin(),
+	"sticky":     sarama.NewBalanceStrategySticky(),
+}
+
+func (c Config) drainTimeout() time.Duration {
+	if c.DrainTimeout == 0 {
+		return 15 * time.Second
+	}
+	return c.DrainTimeout
+}
+
+func (c Config) maxMessageBytes() int {
+	if c.MaxMessageBytes == 0 {
+		return 1000000
+	}
+	return c.MaxMessageBytes
+}
+
+// sarama builds the sarama configuration shared by producers, consumer
+// groups and the admin client.
+func (c Config) sarama() (*sarama.Config, error) {
+	sc := sarama.NewConfig()
+	sc.ClientID = c.clientID()
+	sc.Version = sarama.V2_8_0_0
+	if c.Version != (sarama.KafkaVersion{}) {
+		sc.Version = c.Version
+	}
+	sc.Metadata.AllowAutoTopicCreation = false
+	if c.DialTimeout > 0 {
+		sc.Net.DialTimeout = c.DialTimeout
+	}
+
+	// Producer: durable and ordered. acks=all, idempotent so sarama's own
+	// retries never duplicate, successes reported so Send can wait.
+	sc.Producer.RequiredAcks = sarama.WaitForAll
+	sc.Producer.Return.Successes = true
+	sc.Producer.Return.Errors = true
+	sc.Producer.MaxMessageBytes = c.maxMessageBytes()
+	sc.Producer.Compression = c.Compression
+	sc.Producer.Flush.Frequency = c.Linger
+	sc.Producer.Flush.Bytes = c.BatchBytes
+	sc.Producer.Retry.Max = 10
+	sc.Producer.Retry.Backoff = 200 * time.Millisecond
+	if !c.DisableIdempotence {
+		sc.Producer.Idempotent = true
+		sc.Net.MaxOpenRequests = 1
+	}
+	part := c.Partitioner
+	if part == "" {
+		part = "murmur2"
+	}
+	sc.Producer.Partitioner = partitioners[part]
+
+	// Consumer group: offsets are marked only after a handler finished, and
+	// only up to the lowest unfinished message of each partition; sarama's
+	// auto-commit then commits just those marks.
+	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+	if c.StartNewest {
+		sc.Consumer.Offsets.Initial = sarama.OffsetNewest
+	}
+	sc.Consumer.Offsets.AutoCommit.Enable = true
+	sc.Consumer.Offsets.AutoCommit.Interval = time.Second
+	sc.Consumer.Return.Errors = false
+	if c.SessionTimeout > 0 {
+		sc.Consumer.Group.Session.Timeout = c.SessionTimeout
+		sc.Consumer.Group.Heartbeat.Interval = c.SessionTimeout / 3
+	}
+	bal := c.Balance
+	if bal == "" {
+		bal = "range"
+	}
+	sc.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{balancers[bal]}
+
+	if c.TLS != nil {
+		sc.Net.TLS.Enable = true
+		sc.Net.TLS.Config = c.TLS
+	}
+	if c.SASLMechanism != "" {
+		sc.Net.SASL.Enable = true
+		sc.Net.SASL.Handshake = true
+		sc.Net.SASL.Mechanism = sarama.SASLMechanism(c.SASLMechanism)
+		sc.Net.SASL.User = c.User
+		sc.Net.SASL.Password = c.Password
+		switch c.SASLMechanism {
+		case sarama.SASLTypeSCRAMSHA256:
+			sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{gen: scram.SHA256} }
+		case sarama.SASLTypeSCRAMSHA512:
+			sc.Net.SASL.SCRAMClientGeneratorFunc = func() sarama.SCRAMClient { return &scramClient{gen: scram.SHA512} }
+		}
+	}
+	if c.Sarama != nil {
+		c.Sarama(sc)
+	}
+	if err := sc.Validate(); err != nil {
+		return nil, fmt.Errorf("kafka: configuration: %w", err)
+	}
+	return sc, nil
+}
+
+// scramClient adapts xdg-go/scram to sarama.SCRAMClient.
+type scramClient struct {
+	gen  scram.HashGeneratorFcn
+	conv *scram.ClientConversation
+}
+
+func (s *scramClient) Begin(user, password, authzID string) error {
+	c, err := s.gen.NewClient(user, password, authzID)
+	if err != nil {
+		return err
+	}
+	s.conv = c.NewConversation()
+	return nil
+}
+
+func (s *scramClient) Step(challenge string) (string, error) { return s.conv.Step(challenge) }
+
+func (s *scramClient) Done() bool { return s.conv.Done() }

@@ -1,0 +1,415 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/mqkit/mq"
+)
+
+// subscription is one member of a consumer group. A goroutine runs sarama's
+// group session loop; each claimed partition feeds deliveries into a queue
+// that Receive drains, and tracks which of its offsets have finished so it
+// can commit the lowest contiguous one.
+type subscription struct {
+	conn   *Conn
+	topic  string
+	group  string
+	client sarama.Client
+	cg     sarama.ConsumerGroup
+	cancel context.CancelFunc
+	loop   chan struct{} // closed when the session loop has returned
+
+	mu     sync.Mutex
+	queue  []*delivery   // fetched, not yet received; nacked ones first
+	wake   chan struct{} // closed and replaced when queue grows
+	space  chan struct{} // closed and replaced when queue shrinks
+	max    int
+	closed bool
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Subscribe joins group on topic.
+func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.SubscribeOptions) (mq.Subscription, error) {
+	if c.isClosed() {
+		return nil, mq.ErrClosed
+	}
+	if err := c.ensureTopic(ctx, topic); err != nil {
+		return nil, err
+	}
+	// Each member has its own sarama client: a group session owns its
+	// connections, and closing it must not disturb the producer.
+	client, err := newClient(ctx, c.cfg.Brokers, c.sc)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: connect consumer: %w", err)
+	}
+	cg, err := sarama.NewConsumerGroupFromClient(group, client)
+	if err != nil {
+		_ = client.Close()
+		return nil, fmt.Errorf("kafka: consumer group %q: %w", group, err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	s := &subscription{
+		conn: c, topic: topic, group: group, client: client, cg: cg, cancel: cancel,
+		loop: make(chan struct{}), wake: make(chan struct{}), space: make(chan struct{}),
+		max: max(opts.MaxInFlight, 1),
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		cancel()
+		_ = cg.Close()
+		_ = client.Close()
+		return nil, mq.ErrClosed
+	}
+	c.subs[s] = struct{}{}
+	c.mu.Unlock()
+	go s.run(runCtx)
+	return s, nil
+}
+
+// run keeps the member in the group until the subscription is closed.
+func (s *subscription) run(ctx context.Context) {
+	defer close(s.loop)
+	failures := 0
+	for {
+		err := s.cg.Consume(ctx, []string{s.topic}, s)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			failures = 0
+			continue // a rebalance ended the session; join the next one
+		}
+		if errors.Is(err, sarama.ErrClosedConsumerGroup) {
+			return
+		}
+		failures++
+		wait := min(time.Duration(failures)*200*time.Millisecond, 5*time.Second)
+		slog.Default().Warn("kafka: consumer group session failed; rejoining", "group", s.group, "topic", s.topic, "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Setup is called by sarama at the start of a group session.
+func (s *subscription) Setup(sarama.ConsumerGroupSession) error { return nil }
+
+// Cleanup is called by sarama at the end of a group session, after every
+// ConsumeClaim returned.
+func (s *subscription) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+
+// ConsumeClaim feeds one partition's messages to the queue until the
+// session ends, then drains: it waits (bounded) for the handlers of the
+// messages it handed out, commits what finished, and gives up the rest to
+// the partition's next owner.
+func (s *subscription) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	pt := &partition{s: s, sess: sess, topic: claim.Topic(), id: claim.Partition(), settled: make(chan struct{}, 1)}
+	ctx := sess.Context()
+feed:
+	for {
+		select {
+		case msg, ok := <-claim.Messages():
+			if !ok {
+				break feed
+			}
+			d := pt.track(msg)
+			if !s.push(ctx, d) {
+				break feed
+			}
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	// Messages still queued were never handed to a handler: drop them so
+	// the next owner gets them from the committed offset.
+	s.dropQueued(pt)
+	pt.drain(s.conn.cfg.drainTimeout())
+	sess.Commit()
+	return nil
+}
+
+// push queues d, waiting while the queue is full.
+func (s *subscription) push(ctx context.Context, d *delivery) bool {
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return false
+		}
+		if len(s.queue) < s.max {
+			s.queue = append(s.queue, d)
+			close(s.wake)
+			s.wake = make(chan struct{})
+			s.mu.Unlock()
+			return true
+		}
+		space := s.space
+		s.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (s *subscription) dropQueued(pt *partition) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.queue = slices.DeleteFunc(s.queue, func(d *delivery) bool {
+		if d.pt == pt {
+			pt.giveUp()
+			return true
+		}
+		return false
+	})
+}
+
+// Receive returns up to max queued deliveries, waiting for at least one.
+func (s *subscription) Receive(ctx context.Context, max int) ([]mq.Delivery, error) {
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, mq.ErrClosed
+		}
+		if n := min(max, len(s.queue)); n > 0 {
+			out := make([]mq.Delivery, n)
+			for i, d := range s.queue[:n] {
+				out[i] = d
+			}
+			clear(s.queue[:n])
+			s.queue = s.queue[n:]
+			close(s.space)
+			s.space = make(chan struct{})
+			s.mu.Unlock()
+			return out, nil
+		}
+		wake := s.wake
+		s.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.loop:
+			return nil, mq.ErrClosed
+		}
+	}
+}
+
+// requeue puts a nacked delivery back at the front of the queue, keeping
+// offset order per partition, so the portable consumer receives it again.
+func (s *subscription) requeue(d *delivery) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || d.pt.revoked() {
+		d.pt.giveUp()
+		return
+	}
+	d.msg.Attempt++
+	// Nacked messages go before everything fetched later; among themselves
+	// they keep their partition's offset order.
+	i := sort.Search(len(s.queue), func(i int) bool {
+		q := s.queue[i]
+		return !q.nacked || (q.pt == d.pt && q.offset > d.offset)
+	})
+	d.nacked = true
+	s.queue = slices.Insert(s.queue, i, d)
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+// Close leaves the group: claims end, finished offsets are committed, and
+// unfinished messages stay uncommitted for the group's other members.
+func (s *subscription) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		for _, d := range s.queue {
+			d.pt.giveUp()
+		}
+		s.queue = nil
+		close(s.space)
+		s.space = make(chan struct{})
+		s.mu.Unlock()
+		s.cancel()
+		err := s.cg.Close()
+		<-s.loop
+		s.closeErr = errors.Join(err, s.client.Close())
+		s.conn.mu.Lock()
+		delete(s.conn.subs, s)
+		s.conn.mu.Unlock()
+	})
+	return s.closeErr
+}
+
+// partition tracks one claimed partition's offsets between fetch and
+// commit. Offsets come in increasing order (with gaps where the log has
+// none); a handler's ack marks its offset finished, and the commit position
+// advances over the finished prefix only, so it never passes a message that
+// has not finished.
+type partition struct {
+	s       *subscription
+	sess    sarama.ConsumerGroupSession
+	topic   string
+	id      int32
+	settled chan struct{} // a token each time an offset is settled
+
+	mu      sync.Mutex
+	offsets []int64        // not yet committed, ascending
+	done    map[int64]bool // finished offsets inside offsets
+	waiting int            // handed out and neither acked nor given up
+	ended   bool           // the claim is over; late acks are refused
+}
+
+func (p *partition) track(msg *sarama.ConsumerMessage) *delivery {
+	p.mu.Lock()
+	p.offsets = append(p.offsets, msg.Offset)
+	p.waiting++
+	p.mu.Unlock()
+	return &delivery{pt: p, offset: msg.Offset, msg: toMessage(msg)}
+}
+
+func (p *partition) revoked() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ended
+}
+
+// ack marks offset finished and marks the finished prefix for commit.
+func (p *partition) ack(offset int64) error {
+	p.mu.Lock()
+	if p.ended {
+		p.mu.Unlock()
+		return fmt.Errorf("kafka: partition %s/%d was revoked before offset %d finished; its next owner will deliver it again", p.topic, p.id, offset)
+	}
+	if p.done == nil {
+		p.done = map[int64]bool{}
+	}
+	p.done[offset] = true
+	p.waiting--
+	n := 0
+	for n < len(p.offsets) && p.done[p.offsets[n]] {
+		delete(p.done, p.offsets[n])
+		n++
+	}
+	if n > 0 {
+		// The commit position is the next offset to read: one past the
+		// last message of the finished prefix.
+		p.sess.MarkOffset(p.topic, p.id, p.offsets[n-1]+1, "")
+		p.offsets = p.offsets[n:]
+	}
+	p.mu.Unlock()
+	p.signal()
+	return nil
+}
+
+// giveUp stops waiting for an offset that will not be handled here. It
+// stays in offsets unfinished, so the commit position never passes it and
+// the partition's next owner delivers it again.
+func (p *partition) giveUp() {
+	p.mu.Lock()
+	p.waiting--
+	p.mu.Unlock()
+	p.signal()
+}
+
+func (p *partition) signal() {
+	select {
+	case p.settled <- struct{}{}:
+	default:
+	}
+}
+
+// drain waits until every offset handed out was acked or given up, or the
+// timeout passes, and then ends the claim.
+func (p *partition) drain(timeout time.Duration) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	defer func() {
+		p.mu.Lock()
+		p.ended = true
+		p.mu.Unlock()
+	}()
+	for {
+		p.mu.Lock()
+		left := p.waiting
+		p.mu.Unlock()
+		if left <= 0 {
+			return
+		}
+		select {
+		case <-p.settled:
+		case <-deadline.C:
+			slog.Default().Warn("kafka: partition revoked with handlers still running; their messages will be delivered again", "topic", p.topic, "partition", p.id, "unfinished", left)
+			return
+		}
+	}
+}
+
+type delivery struct {
+	pt     *partition
+	offset int64
+	msg    *mq.Message
+	nacked bool
+}
+
+func (d *delivery) Message() *mq.Message { return d.msg }
+
+func (d *delivery) Ack(context.Context) error { return d.pt.ack(d.offset) }
+
+// Nack gives the message back: it is delivered again by this member while
+// it keeps the partition, and otherwise by the partition's next owner.
+func (d *delivery) Nack(context.Context) error {
+	d.pt.s.requeue(d)
+	return nil
+}
+
+// toMessage converts a record into a Message. Records from other clients
+// (no mq-id header) get a stable ID from their position.
+func toMessage(r *sarama.ConsumerMessage) *mq.Message {
+	m := &mq.Message{
+		Key:       string(r.Key),
+		Body:      r.Value,
+		Topic:     r.Topic,
+		Timestamp: r.Timestamp,
+		Attempt:   1,
+	}
+	if len(r.Headers) > 0 {
+		m.Headers = make(map[string]string, len(r.Headers))
+		for _, h := range r.Headers {
+			if h == nil {
+				continue
+			}
+			if string(h.Key) == HeaderID {
+				m.ID = string(h.Value)
+				continue
+			}
+			m.Headers[string(h.Key)] = string(h.Value)
+		}
+		if len(m.Headers) == 0 {
+			m.Headers = nil
+		}
+	}
+	if m.ID == "" {
+		m.ID = r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10)
+	}
+	if m.Timestamp.IsZero() {
+		m.Timestamp = time.Now()
+	}
+	return m
+}
