@@ -1,0 +1,296 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/dlq"
+	"github.com/mqkit/mq/memory"
+)
+
+// shared runs commands in-process against one broker, as separate mq
+// processes would run against one real broker.
+type shared struct {
+	b *memory.Broker
+}
+
+func newShared(t *testing.T) *shared {
+	b := memory.NewBroker(memory.Config{})
+	t.Cleanup(func() { _ = b.Close() })
+	return &shared{b: b}
+}
+
+// run runs one command and returns its exit code, stdout and stderr.
+func (s *shared) run(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	a := &app{
+		stdin:  strings.NewReader(stdin),
+		stdout: &out,
+		stderr: &errOut,
+		getenv: func(string) string { return "" },
+		open: func(_ context.Context, _ string, opts ...mq.Option) (*mq.Client, error) {
+			return mq.NewClient(s.b.Conn(), opts...), nil
+		},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	code := a.run(ctx, args)
+	return code, out.String(), errOut.String()
+}
+
+func lines(s string) []string {
+	return strings.Split(strings.TrimRight(s, "\n"), "\n")
+}
+
+func TestProduceConsumeRoundTrip(t *testing.T) {
+	s := newShared(t)
+	// The group must exist before the messages are produced.
+	code, _, stderr := s.run(t, "", "consume", "-topic", "orders", "-group", "cli", "-timeout", "1ms")
+	if code != exitOK {
+		t.Fatalf("consume to create the group: exit %d, %s", code, stderr)
+	}
+
+	code, out, stderr := s.run(t, "", "produce", "-topic", "orders", "-key", "cust-1", "-header", "trace=abc", "-header", "kind=order created", "first", "second one")
+	if code != exitOK {
+		t.Fatalf("produce args: exit %d, stderr %q", code, stderr)
+	}
+	argIDs := lines(out)
+	code, out, stderr = s.run(t, "line a\nline b\n", "produce", "-topic", "orders")
+	if code != exitOK {
+		t.Fatalf("produce stdin: exit %d, stderr %q", code, stderr)
+	}
+	stdinIDs := lines(out)
+	if len(argIDs) != 2 || len(stdinIDs) != 2 {
+		t.Fatalf("produced IDs %v and %v, want two each", argIDs, stdinIDs)
+	}
+
+	code, out, stderr = s.run(t, "", "consume", "-topic", "orders", "-group", "cli", "-n", "4", "-timeout", "20s")
+	if code != exitOK {
+		t.Fatalf("consume: exit %d, stderr %q", code, stderr)
+	}
+	// Messages of different keys carry no order; messages of one key do.
+	got := lines(out)
+	first := slices.IndexFunc(got, func(l string) bool { return strings.HasPrefix(l, argIDs[0]) })
+	second := slices.IndexFunc(got, func(l string) bool { return strings.HasPrefix(l, argIDs[1]) })
+	if first < 0 || second < first {
+		t.Errorf("key cust-1 out of order: %q", got)
+	}
+	slices.Sort(got)
+	want := []string{
+		argIDs[0] + ` key=cust-1 attempt=1 kind="order created" trace=abc body=first`,
+		argIDs[1] + ` key=cust-1 attempt=1 kind="order created" trace=abc body="second one"`,
+		stdinIDs[0] + ` key="" attempt=1 body="line a"`,
+		stdinIDs[1] + ` key="" attempt=1 body="line b"`,
+	}
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("consume printed\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestConsumeJSONAndLimit(t *testing.T) {
+	s := newShared(t)
+	c := mq.NewClient(s.b.Conn())
+	defer c.Close()
+	ctx := context.Background()
+	if _, err := c.Consumer(ctx, "bin", mq.WithGroup("cli")); err != nil {
+		t.Fatal(err)
+	}
+	msgs := []*mq.Message{
+		{ID: "text", Body: []byte("héllo")},
+		{ID: "binary", Key: "k", Body: []byte{0xff, 0x00, 0xfe}, Headers: map[string]string{"h": "v"}},
+		{ID: "third", Body: []byte("left for later")},
+	}
+	if err := c.Producer().Produce(ctx, "bin", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := s.run(t, "", "consume", "-topic", "bin", "-group", "cli", "-json", "-n", "2")
+	if code != exitOK {
+		t.Fatalf("exit %d, %s", code, stderr)
+	}
+	var got []jsonMessage
+	for _, l := range lines(out) {
+		var j jsonMessage
+		if err := json.Unmarshal([]byte(l), &j); err != nil {
+			t.Fatalf("line %q: %v", l, err)
+		}
+		got = append(got, j)
+	}
+	if len(got) != 2 {
+		t.Fatalf("got %d messages, want 2 (-n 2)", len(got))
+	}
+	if got[0].ID != "text" || got[0].Body != "héllo" || got[0].BodyEncoding != "utf-8" || got[0].Topic != "bin" {
+		t.Errorf("text message: %+v", got[0])
+	}
+	body, _ := base64.StdEncoding.DecodeString(got[1].Body)
+	if got[1].ID != "binary" || got[1].BodyEncoding != "base64" || !bytes.Equal(body, msgs[1].Body) || got[1].Headers["h"] != "v" || got[1].Key != "k" {
+		t.Errorf("binary message: %+v", got[1])
+	}
+	// The message after the limit was not acknowledged: the next run gets it.
+	code, out, _ = s.run(t, "", "consume", "-topic", "bin", "-group", "cli", "-n", "1", "-timeout", "20s")
+	if code != exitOK || !strings.HasPrefix(out, "third ") {
+		t.Errorf("second consume: exit %d, %q; want the third message", code, out)
+	}
+}
+
+func TestConsumeTimeoutShort(t *testing.T) {
+	s := newShared(t)
+	code, _, stderr := s.run(t, "", "consume", "-topic", "empty", "-group", "g", "-n", "1", "-timeout", "50ms")
+	if code != exitFailure || !strings.Contains(stderr, "0 of 1") {
+		t.Errorf("exit %d, stderr %q; want 1 and a timeout message", code, stderr)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  string
+	}{
+		{"no command", nil, exitUsage, "usage: mq"},
+		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{"help", []string{"help"}, exitOK, "usage: mq"},
+		{"produce without topic", []string{"produce", "x"}, exitUsage, "-topic is required"},
+		{"consume without group", []string{"consume", "-topic", "t"}, exitUsage, "-group is required"},
+		{"bad flag", []string{"consume", "-bogus"}, exitUsage, "flag provided but not defined"},
+		{"dlq without subcommand", []string{"dlq"}, exitUsage, "usage: mq dlq"},
+		{"dlq unknown subcommand", []string{"dlq", "purge"}, exitUsage, `unknown subcommand "purge"`},
+		{"dlq list without topic", []string{"dlq", "list"}, exitUsage, "-topic or -dlq-topic is required"},
+		{"produce help", []string{"produce", "-h"}, exitOK, "usage: mq produce"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := run(context.Background(), tc.args, strings.NewReader(""), &out, &errOut)
+			if code != tc.wantCode || !strings.Contains(errOut.String(), tc.wantErr) {
+				t.Errorf("exit %d, stderr %q; want %d and %q", code, errOut.String(), tc.wantCode, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestBadURLHidesPassword(t *testing.T) {
+	const secret = "s3cr3t-pw"
+	tests := []struct {
+		name string
+		args []string
+		env  string
+	}{
+		{"malformed", []string{"-url", "amqp://admin:" + secret + "@host:5672/%zz", "produce", "-topic", "t", "x"}, ""},
+		{"unknown scheme", []string{"produce", "-url", "nats://admin:" + secret + "@host:4222", "-topic", "t", "x"}, ""},
+		{"bad parameter", []string{"consume", "-topic", "t", "-group", "g"}, "mem://admin:" + secret + "@/?bogus=1"},
+		{"from MQ_URL", []string{"dlq", "list", "-topic", "t"}, "kafka://admin:" + secret + "@[::1"},
+		{"demo", []string{"demo", "-url", "amqp://admin:" + secret + "@host:5672/%zz"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			a := &app{
+				stdin: strings.NewReader(""), stdout: &out, stderr: &errOut,
+				getenv: func(k string) string {
+					if k == "MQ_URL" {
+						return tc.env
+					}
+					return ""
+				},
+				open: mq.Open,
+			}
+			code := a.run(context.Background(), tc.args)
+			all := out.String() + errOut.String()
+			if code != exitUsage {
+				t.Errorf("exit %d, want %d; stderr %q", code, exitUsage, errOut.String())
+			}
+			if strings.Contains(all, secret) {
+				t.Errorf("output shows the password: %q", all)
+			}
+			if n := strings.Count(errOut.String(), "\n"); n != 1 {
+				t.Errorf("stderr has %d lines, want one: %q", n, errOut.String())
+			}
+		})
+	}
+}
+
+func TestDLQCommands(t *testing.T) {
+	s := newShared(t)
+	c := mq.NewClient(s.b.Conn())
+	defer c.Close()
+	ctx := context.Background()
+	if code, _, stderr := s.run(t, "", "dlq", "ensure", "-topic", "orders"); code != exitOK {
+		t.Fatalf("ensure: exit %d, %s", code, stderr)
+	}
+	mw, err := dlq.New(dlq.Config{Producer: c.Producer(), Group: "billing", Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := mw(mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+		return fmt.Errorf("cannot bill %s", m.ID)
+	}))
+	for _, id := range []string{"o1", "o2", "o3"} {
+		m := &mq.Message{ID: id, Topic: "orders", Attempt: 1, Headers: map[string]string{"region": map[bool]string{true: "eu", false: "us"}[id != "o2"]}}
+		if err := h.Handle(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Consumer(ctx, "orders", mq.WithGroup("billing")); err != nil {
+		t.Fatal(err)
+	}
+
+	code, out, stderr := s.run(t, "", "dlq", "list", "-topic", "orders", "-idle", "200ms")
+	if code != exitOK || len(lines(out)) != 3 || !strings.Contains(out, `o1 key="" topic=orders group=billing reason=error attempts=1 redrives=0`) ||
+		!strings.Contains(out, `error="cannot bill o1"`) || !strings.Contains(stderr, "3 dead letter(s) in orders.dlq") {
+		t.Fatalf("list: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	code, out, stderr = s.run(t, "", "dlq", "redrive", "-topic", "orders", "-header", "region=eu", "-id", "o3", "-idle", "200ms")
+	if code != exitOK || out != "o3\n" || !strings.Contains(stderr, "moved 1 dead letter(s)") || !strings.Contains(stderr, "2 left") {
+		t.Fatalf("redrive: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	code, out, _ = s.run(t, "", "dlq", "list", "-dlq-topic", "orders.dlq", "-json", "-idle", "200ms")
+	var ids []string
+	for _, l := range lines(out) {
+		var j struct {
+			ID         string
+			DeadLetter dlq.Info `json:"dead_letter"`
+		}
+		if err := json.Unmarshal([]byte(l), &j); err != nil {
+			t.Fatalf("list -json line %q: %v", l, err)
+		}
+		if j.DeadLetter.Topic != "orders" {
+			t.Errorf("json dead letter info: %+v", j.DeadLetter)
+		}
+		ids = append(ids, j.ID)
+	}
+	if code != exitOK || !slices.Equal(ids, []string{"o1", "o2"}) {
+		t.Errorf("after redrive: exit %d, ids %v, want [o1 o2]", code, ids)
+	}
+	code, out, _ = s.run(t, "", "consume", "-topic", "orders", "-group", "billing", "-n", "1", "-timeout", "20s")
+	if code != exitOK || !strings.HasPrefix(out, "o3 ") || !strings.Contains(out, dlq.HeaderRedriveCount+"=1") || strings.Contains(out, dlq.HeaderPrefix) {
+		t.Errorf("redriven message: exit %d, %q", code, out)
+	}
+}
+
+func TestQuoteIfNeeded(t *testing.T) {
+	tests := map[string]string{
+		"":        `""`,
+		"plain":   "plain",
+		"a b":     `"a b"`,
+		"k=v":     `"k=v"`,
+		"line\n":  `"line\n"`,
+		"ünïcode": "ünïcode",
+	}
+	for in, want := range tests {
+		if got := quoteIfNeeded(in); got != want {
+			t.Errorf("quoteIfNeeded(%q) = %s, want %s", in, got, want)
+		}
+	}
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"maps"
+
+	"github.com/mqkit/mq"
+)
+
+// produceBatch is how many stdin lines go into one Produce call.
+const produceBatch = 100
+
+// produce sends each argument, or each line of stdin when there are none,
+// as a message, and prints the ID of every message the broker accepted.
+func (a *app) produce(ctx context.Context, args []string) int {
+	fs := a.flags("produce")
+	url := a.urlFlag(fs)
+	topic := fs.String("topic", "", "topic to send to (required)")
+	key := fs.String("key", "", "message key (orders and routes messages)")
+	headers := headerFlags{}
+	fs.Var(headers, "header", "header `name=value` (repeatable)")
+	fs.Usage = func() {
+		fmt.Fprintf(a.stderr, "usage: mq produce -topic T [-key K] [-header k=v ...] [message ...]\n\nWith no messages, sends one message per line of stdin.\n\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := a.parse(fs, args); !ok {
+		return code
+	}
+	if *topic == "" {
+		return a.usageErr(fs, "-topic is required")
+	}
+	c, code := a.connect(ctx, "produce", *url)
+	if c == nil {
+		return code
+	}
+	defer c.Close()
+	p := c.Producer()
+	defer p.Close()
+
+	newMsg := func(body string) *mq.Message {
+		m := &mq.Message{Key: *key, Body: []byte(body)}
+		if len(headers) > 0 {
+			m.Headers = maps.Clone(headers)
+		}
+		return m
+	}
+	send := func(msgs []*mq.Message) error {
+		if err := p.Produce(ctx, *topic, msgs...); err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			fmt.Fprintln(a.stdout, m.ID)
+		}
+		return nil
+	}
+
+	if fs.NArg() > 0 {
+		msgs := make([]*mq.Message, fs.NArg())
+		for i, body := range fs.Args() {
+			msgs[i] = newMsg(body)
+		}
+		if err := send(msgs); err != nil {
+			a.fail("produce", err)
+			return exitFailure
+		}
+		return exitOK
+	}
+
+	sc := bufio.NewScanner(a.stdin)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	var batch []*mq.Message
+	for sc.Scan() {
+		batch = append(batch, newMsg(sc.Text()))
+		if len(batch) == produceBatch {
+			if err := send(batch); err != nil {
+				a.fail("produce", err)
+				return exitFailure
+			}
+			batch = batch[:0]
+		}
+	}
+	if err := sc.Err(); err != nil {
+		a.fail("produce", fmt.Errorf("reading stdin: %w", err))
+		return exitFailure
+	}
+	if err := send(batch); err != nil {
+		a.fail("produce", err)
+		return exitFailure
+	}
+	return exitOK
+}
