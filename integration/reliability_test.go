@@ -1,0 +1,344 @@
+// Reliability tests: every message is counted by ID, confirmed on one side
+// and handled on the other, while brokers restart, freeze, and consumers
+// die. lost = confirmed but never handled (must be 0); duplicates are
+// counted and reported separately (at-least-once allows them).
+package integration_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/integration/testbed"
+	_ "github.com/mqkit/mq/kafka"
+	_ "github.com/mqkit/mq/memory"
+	_ "github.com/mqkit/mq/rabbit"
+	_ "github.com/mqkit/mq/redisstream"
+)
+
+// target is a broker kind and the URL parameters the tests use with it.
+type target struct {
+	name   string
+	start  func(testing.TB, ...testbed.Option) *testbed.Broker
+	params url.Values
+}
+
+var targets = []target{
+	{"kafka", testbed.Kafka, url.Values{"create_topics": {"true"}, "partitions": {"3"}, "session_timeout": {"6s"}, "drain_timeout": {"5s"}}},
+	{"rabbitmq", testbed.RabbitMQ, url.Values{}},
+	{"redis", testbed.Redis, url.Values{"claim_idle": {"3s"}}},
+}
+
+// withParams adds params to a broker URL.
+func withParams(t testing.TB, raw string, params url.Values) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Path == "" {
+		u.Path = "/"
+	}
+	q := u.Query()
+	for k, vs := range params {
+		q[k] = vs
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func open(t testing.TB, rawURL string) *mq.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c, err := mq.Open(ctx, rawURL)
+	if err != nil {
+		t.Fatalf("open %s: %v", mq.RedactURL(rawURL), err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// ledger counts messages by ID on both sides.
+type ledger struct {
+	mu        sync.Mutex
+	confirmed map[string]bool
+	handled   map[string]int
+	errors    int
+}
+
+func newLedger() *ledger {
+	return &ledger{confirmed: map[string]bool{}, handled: map[string]int{}}
+}
+
+func (l *ledger) handler() mq.HandlerFunc {
+	return func(_ context.Context, m *mq.Message) error {
+		l.mu.Lock()
+		l.handled[m.ID]++
+		l.mu.Unlock()
+		return nil
+	}
+}
+
+func (l *ledger) counts() (confirmed, handled, lost, dups int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id := range l.confirmed {
+		if l.handled[id] == 0 {
+			lost++
+		}
+	}
+	for _, n := range l.handled {
+		handled++
+		dups += n - 1
+	}
+	return len(l.confirmed), handled, lost, dups
+}
+
+// waitNoLoss waits until every confirmed message was handled.
+func (l *ledger) waitNoLoss(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		confirmed, handled, lost, dups := l.counts()
+		if lost == 0 {
+			t.Logf("confirmed %d, handled %d distinct, lost 0, duplicates %d, produce errors retried %d", confirmed, handled, dups, l.errors)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("confirmed %d, handled %d distinct, LOST %d, duplicates %d", confirmed, handled, lost, dups)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// produceSteadily produces batches of 10 until ctx ends. A batch that fails
+// is produced again with the same IDs until it is confirmed: only then does
+// it count.
+func produceSteadily(ctx context.Context, p mq.Producer, topic string, l *ledger) {
+	for i := 0; ctx.Err() == nil; i++ {
+		batch := make([]*mq.Message, 10)
+		for j := range batch {
+			batch[j] = &mq.Message{Key: fmt.Sprintf("k%d", (i*10+j)%50), Body: []byte(fmt.Sprintf("msg %d", i*10+j))}
+		}
+		for ctx.Err() == nil {
+			pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := p.Produce(pctx, topic, batch...)
+			cancel()
+			if err == nil {
+				l.mu.Lock()
+				for _, m := range batch {
+					l.confirmed[m.ID] = true
+				}
+				l.mu.Unlock()
+				break
+			}
+			l.mu.Lock()
+			l.errors++
+			l.mu.Unlock()
+			time.Sleep(200 * time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestBrokerRestartLosesNothing restarts each broker twice and freezes it
+// once while a producer and a consumer group run; the SDK recovers by
+// itself.
+func TestBrokerRestartLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long: restarts real brokers")
+	}
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) {
+			b := tg.start(t)
+			u := withParams(t, b.URL, tg.params)
+			prod, cons := open(t, u), open(t, u)
+			topic := "restart-" + mq.NewID()
+			l := newLedger()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			consumer, err := cons.Consumer(ctx, topic, mq.WithGroup("g"), mq.WithConcurrency(8))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cctx, stopConsume := context.WithCancel(ctx)
+			consumed := make(chan error, 1)
+			go func() { consumed <- consumer.Consume(cctx, l.handler()) }()
+
+			pctx, stopProduce := context.WithCancel(ctx)
+			produced := make(chan struct{})
+			go func() { defer close(produced); produceSteadily(pctx, prod.Producer(), topic, l) }()
+
+			step := func(what string, f func(context.Context) error) {
+				time.Sleep(3 * time.Second)
+				sctx, scancel := context.WithTimeout(ctx, 2*time.Minute)
+				defer scancel()
+				begin := time.Now()
+				if err := f(sctx); err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				c, h, _, _ := l.counts()
+				t.Logf("%s done in %.1fs (so far confirmed %d, handled %d)", what, time.Since(begin).Seconds(), c, h)
+			}
+			step("restart 1", b.Restart)
+			step("restart 2", b.Restart)
+			step("pause 12s", func(ctx context.Context) error {
+				if err := b.Pause(ctx); err != nil {
+					return err
+				}
+				time.Sleep(12 * time.Second)
+				return b.Unpause(ctx)
+			})
+			time.Sleep(3 * time.Second)
+			stopProduce()
+			<-produced
+			l.waitNoLoss(t, 3*time.Minute)
+			stopConsume()
+			if err := <-consumed; err != nil {
+				t.Errorf("Consume: %v", err)
+			}
+		})
+	}
+}
+
+// TestConsumerCrashLosesNothing kills a consumer process with SIGKILL while
+// it holds unacknowledged messages; another member of the group handles
+// every one of them.
+func TestConsumerCrashLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long: kills a consumer process")
+	}
+	for _, tg := range targets {
+		t.Run(tg.name, func(t *testing.T) {
+			b := tg.start(t)
+			u := withParams(t, b.URL, tg.params)
+			c := open(t, u)
+			topic := "crash-" + mq.NewID()
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			// Create the group before producing, then hand it to the child.
+			pre, err := c.Consumer(ctx, topic, mq.WithGroup("g"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = pre.Close()
+			l := newLedger()
+			var msgs []*mq.Message
+			for i := range 200 {
+				msgs = append(msgs, &mq.Message{Key: fmt.Sprintf("k%d", i%20), Body: []byte(fmt.Sprint(i))})
+			}
+			if err := c.Producer().Produce(ctx, topic, msgs...); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range msgs {
+				l.confirmed[m.ID] = true
+			}
+
+			child := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
+			child.Env = append(os.Environ(), "MQ_CRASH_CHILD_URL="+u, "MQ_CRASH_CHILD_TOPIC="+topic)
+			out, err := child.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			child.Stderr = os.Stderr
+			if err := child.Start(); err != nil {
+				t.Fatal(err)
+			}
+			holding := make(chan string, 1)
+			go func() {
+				sc := bufio.NewScanner(out)
+				for sc.Scan() {
+					if line := sc.Text(); strings.HasPrefix(line, "HOLDING ") {
+						holding <- line
+					}
+				}
+			}()
+			select {
+			case line := <-holding:
+				t.Logf("child consumer: %s; sending SIGKILL", line)
+			case <-time.After(2 * time.Minute):
+				_ = child.Process.Kill()
+				t.Fatal("child consumer never held messages")
+			}
+			if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = child.Wait()
+
+			consumer, err := c.Consumer(ctx, topic, mq.WithGroup("g"), mq.WithConcurrency(4))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cctx, stop := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() { done <- consumer.Consume(cctx, l.handler()) }()
+			l.waitNoLoss(t, 3*time.Minute)
+			stop()
+			<-done
+		})
+	}
+}
+
+// TestCrashChild is the consumer process that TestConsumerCrashLosesNothing
+// kills. It does nothing unless started by that test.
+func TestCrashChild(t *testing.T) {
+	rawURL := os.Getenv("MQ_CRASH_CHILD_URL")
+	if rawURL == "" {
+		t.Skip("run by TestConsumerCrashLosesNothing in a child process")
+	}
+	c, err := mq.Open(context.Background(), rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := c.Consumer(context.Background(), os.Getenv("MQ_CRASH_CHILD_TOPIC"), mq.WithGroup("g"), mq.WithConcurrency(4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	held := 0
+	_ = cons.Consume(context.Background(), mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		mu.Lock()
+		held++
+		if held == 4 {
+			fmt.Printf("HOLDING %d messages unacknowledged (pid %d)\n", held, os.Getpid())
+		}
+		mu.Unlock()
+		select {} // never finish: the parent kills this process
+	}))
+}
+
+// TestGoroutinesSettle checks that a consumer stops every goroutine it
+// started once Consume returned and the client is closed.
+func TestGoroutinesSettle(t *testing.T) {
+	before := runtime.NumGoroutine()
+	c := open(t, "mem://")
+	cons, err := c.Consumer(context.Background(), "t", mq.WithGroup("g"), mq.WithConcurrency(16))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = cons.Consume(ctx, mq.HandlerFunc(func(context.Context, *mq.Message) error { return nil })); close(done) }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	<-done
+	_ = c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		t.Errorf("goroutines: %d before, %d after Close: something the consumer started was not stopped", before, after)
+	}
+}
