@@ -329,7 +329,10 @@ func TestGoroutinesSettle(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { _ = cons.Consume(ctx, mq.HandlerFunc(func(context.Context, *mq.Message) error { return nil })); close(done) }()
+	go func() {
+		_ = cons.Consume(ctx, mq.HandlerFunc(func(context.Context, *mq.Message) error { return nil }))
+		close(done)
+	}()
 	time.Sleep(50 * time.Millisecond)
 	cancel()
 	<-done
