@@ -9,6 +9,30 @@ import (
 	"time"
 )
 
+type stoppingKey struct{}
+
+// ShuttingDown returns a channel that is closed when the consumer that
+// delivered ctx's message begins its graceful shutdown. A handler should
+// finish the work it is doing, but waits that only delay it (retry
+// backoff, throttling) should stop at once and return an error, so the
+// message goes back to the broker. For a context that did not come from a
+// consumer it returns nil, which is never ready.
+func ShuttingDown(ctx context.Context) <-chan struct{} {
+	ch, _ := ctx.Value(stoppingKey{}).(chan struct{})
+	return ch
+}
+
+// IsShuttingDown reports whether the consumer that delivered ctx's message
+// has begun its graceful shutdown (see ShuttingDown).
+func IsShuttingDown(ctx context.Context) bool {
+	select {
+	case <-ShuttingDown(ctx):
+		return true
+	default:
+		return false
+	}
+}
+
 // PanicError is the error a handler panic becomes: the consumer recovers
 // it, logs it, and treats the message as failed. Retry and dead-letter
 // middleware see it like any other error (errors.As finds it).
@@ -111,15 +135,16 @@ type dispatcher struct {
 	hctx context.Context // handlers' context: not cancelled until the shutdown timeout
 	actx context.Context // acks' context: never cancelled by shutdown
 
-	ready chan *keyQueue // queues whose head task may run now
-	room  chan struct{}  // a token when in-flight drops below the bound
-	stop  chan struct{}  // closed when workers should exit
+	ready    chan *keyQueue // queues whose head task may run now
+	room     chan struct{}  // a token when in-flight drops below the bound
+	stop     chan struct{}  // closed when workers should exit
+	stopping chan struct{}  // closed when shutdown begins; seen by handlers through ShuttingDown
 
 	mu          sync.Mutex
 	outstanding int
 	keys        map[string]*keyQueue
 	live        map[*keyQueue]struct{}
-	stopping    bool
+	stopped     bool
 }
 
 // keyQueue holds the unsettled messages of one key (or a single message
@@ -139,20 +164,21 @@ type task struct {
 
 func newDispatcher(h Handler, sub Subscription, o options) *dispatcher {
 	return &dispatcher{
-		h:     h,
-		sub:   sub,
-		o:     o,
-		ready: make(chan *keyQueue, o.maxInFlight),
-		room:  make(chan struct{}, 1),
-		stop:  make(chan struct{}),
-		keys:  make(map[string]*keyQueue),
-		live:  make(map[*keyQueue]struct{}),
+		h:        h,
+		sub:      sub,
+		o:        o,
+		ready:    make(chan *keyQueue, o.maxInFlight),
+		room:     make(chan struct{}, 1),
+		stop:     make(chan struct{}),
+		stopping: make(chan struct{}),
+		keys:     make(map[string]*keyQueue),
+		live:     make(map[*keyQueue]struct{}),
 	}
 }
 
 func (d *dispatcher) run(ctx context.Context) error {
 	var hcancel context.CancelFunc
-	d.hctx, hcancel = context.WithCancel(context.WithoutCancel(ctx))
+	d.hctx, hcancel = context.WithCancel(context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, d.stopping))
 	defer hcancel()
 	d.actx = context.WithoutCancel(ctx)
 
@@ -170,8 +196,9 @@ func (d *dispatcher) run(ctx context.Context) error {
 	// Graceful shutdown: no more fetching; running handlers finish, then
 	// everything unsettled goes back to the broker.
 	d.mu.Lock()
-	d.stopping = true
+	d.stopped = true
 	d.mu.Unlock()
+	close(d.stopping)
 	close(d.stop)
 	finished := make(chan struct{})
 	go func() {
@@ -266,7 +293,7 @@ func (d *dispatcher) work() {
 			return
 		case q := <-d.ready:
 			d.mu.Lock()
-			if d.stopping {
+			if d.stopped {
 				d.mu.Unlock()
 				return
 			}
@@ -292,7 +319,7 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 			if q.key != "" {
 				delete(d.keys, q.key)
 			}
-		} else if !d.stopping {
+		} else if !d.stopped {
 			d.ready <- q
 		}
 		d.mu.Unlock()
@@ -307,7 +334,7 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 	// holding back the rest of its key. At shutdown it is nacked instead.
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.stopping {
+	if d.stopped {
 		return
 	}
 	q.tasks[0].retries++
@@ -317,7 +344,7 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		q.timer = nil
-		if !d.stopping {
+		if !d.stopped {
 			d.ready <- q
 		}
 	})

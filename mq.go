@@ -217,6 +217,13 @@ var (
 
 	// ErrNoGroup is returned when a consumer is created without a group.
 	ErrNoGroup = errors.New("mq: consumer needs a group")
+
+	// ErrInProgress is returned (wrapped) by a handler or middleware when
+	// another consumer is handling the same message right now, as dedup
+	// middleware reports a claim held elsewhere. The message should come
+	// back later: retry middleware waits on it without using up attempts,
+	// and dead-letter middleware never dead-letters it.
+	ErrInProgress = errors.New("mq: message is being handled elsewhere")
 )
 
 // permanentError marks an error that retrying will not fix.

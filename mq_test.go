@@ -188,3 +188,42 @@ func TestMessageHelpers(t *testing.T) {
 		t.Errorf("Size = %d", got)
 	}
 }
+
+func TestShuttingDownSignalsHandlers(t *testing.T) {
+	if mq.ShuttingDown(context.Background()) != nil || mq.IsShuttingDown(context.Background()) {
+		t.Fatal("a plain context reports a shutdown")
+	}
+	c, err := mq.Open(context.Background(), "mem://?group=g&shutdown_timeout=1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cons, err := c.Consumer(context.Background(), "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Producer().Produce(context.Background(), "t", &mq.Message{ID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan struct{})
+	var sawSignal, ctxAlive bool
+	err = cons.Consume(ctx, mq.HandlerFunc(func(hctx context.Context, m *mq.Message) error {
+		if mq.IsShuttingDown(hctx) {
+			t.Error("shutdown reported before it began")
+		}
+		close(started)
+		cancel()
+		<-mq.ShuttingDown(hctx) // closed at once, long before the 1m shutdown timeout
+		sawSignal = true
+		ctxAlive = hctx.Err() == nil
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	if !sawSignal || !ctxAlive {
+		t.Errorf("signal seen %v, handler context still alive %v; want both", sawSignal, ctxAlive)
+	}
+}

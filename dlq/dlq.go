@@ -210,9 +210,10 @@ func (h *handler) Handle(ctx context.Context, m *mq.Message) error {
 	if err == nil {
 		return nil
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || mq.IsShuttingDown(ctx) || errors.Is(err, mq.ErrInProgress) {
 		// Shutting down: let the message go back to the broker rather than
-		// dead-letter it for an error the shutdown may have caused.
+		// dead-letter it for an error the shutdown may have caused. In
+		// progress elsewhere: it is being handled, not failing.
 		return err
 	}
 	return h.deadLetter(ctx, m, orig, err)

@@ -706,3 +706,33 @@ func TestOptionsValidated(t *testing.T) {
 		}
 	}
 }
+
+// TestInProgressIsNotDeadLettered: a message another consumer is handling
+// right now (dedup reports its claim busy) is not failing; it must come back,
+// never land in the DLQ.
+func TestInProgressIsNotDeadLettered(t *testing.T) {
+	var published int
+	mw, err := dlq.New(dlq.Config{Producer: producerFunc(func(context.Context, string, ...*mq.Message) error {
+		published++
+		return nil
+	})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := fmt.Errorf("claim held: %w", mq.ErrInProgress)
+	h := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { return busy }))
+	err = h.Handle(context.Background(), &mq.Message{ID: "m", Topic: "t", Attempt: 1})
+	if !errors.Is(err, mq.ErrInProgress) {
+		t.Errorf("Handle = %v, want the in-progress error back so the message is redelivered", err)
+	}
+	if published != 0 {
+		t.Errorf("published %d dead letters for a message in progress elsewhere", published)
+	}
+}
+
+type producerFunc func(ctx context.Context, topic string, msgs ...*mq.Message) error
+
+func (f producerFunc) Produce(ctx context.Context, topic string, msgs ...*mq.Message) error {
+	return f(ctx, topic, msgs...)
+}
+func (producerFunc) Close() error { return nil }

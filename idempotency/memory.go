@@ -1,0 +1,189 @@
+package idempotency
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// MemoryStoreConfig configures a MemoryStore. The zero value is ready to
+// use.
+type MemoryStoreConfig struct {
+	// MaxKeys bounds the completed keys kept. When a Complete would exceed
+	// it, the keys completed longest ago are forgotten first (a duplicate of
+	// one of them arriving later would run again). Keys currently claimed
+	// are never evicted; there are at most as many of them as handlers
+	// running. Default 100000.
+	MaxKeys int
+}
+
+// MemoryStore is a Store in the process's memory. It is bounded (see
+// MaxKeys) and forgets keys when their lease or keep time ends, checked
+// lazily on every call: it starts no goroutine and needs no Close.
+//
+// It deduplicates only what this process sees; services with several
+// instances need a shared store such as the Redis store. It is safe for
+// concurrent use.
+type MemoryStore struct {
+	maxKeys int
+	epoch   time.Time // monotonic base of memEntry.expires
+
+	mu    sync.Mutex
+	keys  map[string]memEntry
+	done  []doneRef // completed keys, oldest first; may hold stale refs
+	head  int       // done[:head] were popped
+	nDone int       // completed keys in keys
+	seq   uint64    // last token issued
+}
+
+// memEntry is one key's state. It holds no pointers, so a store with many
+// keys costs the garbage collector little.
+type memEntry struct {
+	token   uint64        // the holder's token (its claim's sequence number)
+	expires time.Duration // since epoch
+	done    bool
+}
+
+// doneRef names a completed entry. It is stale when keys[key] is no longer
+// that entry (the key expired, was evicted or claimed again). It repeats
+// the entry's expiry, so the sweep finds nothing to do without a lookup.
+type doneRef struct {
+	key     string
+	token   uint64
+	expires time.Duration
+}
+
+var _ Store = (*MemoryStore)(nil)
+
+// NewMemoryStore returns an empty in-memory store.
+func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
+	if cfg.MaxKeys <= 0 {
+		cfg.MaxKeys = 100000
+	}
+	return &MemoryStore{maxKeys: cfg.MaxKeys, epoch: time.Now(), keys: make(map[string]memEntry)}
+}
+
+// Claim implements Store.
+func (s *MemoryStore) Claim(ctx context.Context, key string, lease time.Duration) (Claim, error) {
+	if err := checkDurations("lease", lease); err != nil {
+		return Claim{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Claim{}, fmt.Errorf("idempotency: claim: %w", err)
+	}
+	now := time.Since(s.epoch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sweepLocked(now)
+	if e, ok := s.keys[key]; ok && now < e.expires {
+		if e.done {
+			return Claim{Status: AlreadyDone}, nil
+		}
+		return Claim{Status: Busy}, nil
+	} else if ok && e.done {
+		s.nDone-- // expired; its doneRef is now stale
+	}
+	s.seq++
+	s.keys[key] = memEntry{token: s.seq, expires: now + lease}
+	return Claim{Status: Acquired, Token: strconv.FormatUint(s.seq, 36)}, nil
+}
+
+// Complete implements Store.
+func (s *MemoryStore) Complete(ctx context.Context, key, token string, keep time.Duration) error {
+	if err := checkDurations("keep", keep); err != nil {
+		return err
+	}
+	tok, ok := parseToken(token)
+	if !ok {
+		return fmt.Errorf("%w (complete %q: malformed token)", ErrNotOwner, key)
+	}
+	now := time.Since(s.epoch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.keys[key]
+	if ok && now >= e.expires {
+		s.dropLocked(key, e)
+		ok = false
+	}
+	switch {
+	case !ok:
+		// Our lease expired and nobody claimed the key since: the work
+		// is done all the same, so record it.
+	case e.token != tok:
+		return fmt.Errorf("%w (complete %q)", ErrNotOwner, key)
+	case e.done:
+		return nil
+	}
+	s.keys[key] = memEntry{token: tok, expires: now + keep, done: true}
+	s.done = append(s.done, doneRef{key: key, token: tok, expires: now + keep})
+	s.nDone++
+	s.sweepLocked(now)
+	return nil
+}
+
+// Release implements Store.
+func (s *MemoryStore) Release(ctx context.Context, key, token string) error {
+	tok, _ := parseToken(token)
+	now := time.Since(s.epoch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.keys[key]
+	if !ok {
+		return nil
+	}
+	if now >= e.expires {
+		s.dropLocked(key, e)
+		return nil
+	}
+	if e.token != tok || e.done {
+		return fmt.Errorf("%w (release %q)", ErrNotOwner, key)
+	}
+	s.dropLocked(key, e)
+	return nil
+}
+
+// Len returns how many keys the store holds, claimed or completed,
+// including expired ones not swept yet.
+func (s *MemoryStore) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.keys)
+}
+
+// parseToken reads a token made by Claim; tokens are never 0.
+func parseToken(token string) (uint64, bool) {
+	n, err := strconv.ParseUint(token, 36, 64)
+	return n, err == nil && n != 0
+}
+
+// dropLocked forgets key, whose entry is e.
+func (s *MemoryStore) dropLocked(key string, e memEntry) {
+	delete(s.keys, key)
+	if e.done {
+		s.nDone--
+	}
+}
+
+// sweepLocked forgets completed keys from the oldest while they are stale,
+// expired, or more than maxKeys.
+func (s *MemoryStore) sweepLocked(now time.Duration) {
+	for s.head < len(s.done) {
+		r := s.done[s.head]
+		if s.nDone <= s.maxKeys && now < r.expires {
+			break // (if r is stale, the refs behind it wait their turn)
+		}
+		if e, ok := s.keys[r.key]; ok && e.done && e.token == r.token {
+			s.dropLocked(r.key, e)
+		}
+		s.done[s.head] = doneRef{}
+		s.head++
+	}
+	if s.head >= 64 && s.head*2 >= len(s.done) {
+		n := copy(s.done, s.done[s.head:])
+		clear(s.done[n:])
+		s.done = s.done[:n]
+		s.head = 0
+	}
+}

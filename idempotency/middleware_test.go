@@ -1,0 +1,258 @@
+package idempotency
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mqkit/mq"
+)
+
+var errBoom = errors.New("boom")
+
+// faultyStore wraps a store, failing the operations told to and recording
+// whether Complete and Release got a live context.
+type faultyStore struct {
+	Store
+	claimErr, completeErr, releaseErr error
+	completes, releases               int
+	settleCtxErr                      error
+}
+
+func (s *faultyStore) Claim(ctx context.Context, key string, lease time.Duration) (Claim, error) {
+	if s.claimErr != nil {
+		return Claim{}, s.claimErr
+	}
+	return s.Store.Claim(ctx, key, lease)
+}
+
+func (s *faultyStore) Complete(ctx context.Context, key, token string, keep time.Duration) error {
+	s.completes++
+	s.settleCtxErr = ctx.Err()
+	if s.completeErr != nil {
+		return s.completeErr
+	}
+	return s.Store.Complete(ctx, key, token, keep)
+}
+
+func (s *faultyStore) Release(ctx context.Context, key, token string) error {
+	s.releases++
+	s.settleCtxErr = ctx.Err()
+	if s.releaseErr != nil {
+		return s.releaseErr
+	}
+	return s.Store.Release(ctx, key, token)
+}
+
+func TestNewValidates(t *testing.T) {
+	s := NewMemoryStore(MemoryStoreConfig{})
+	tests := []struct {
+		name  string
+		store Store
+		cfg   Config
+		want  string
+	}{
+		{"nil store", nil, Config{Namespace: "g"}, "needs a Store"},
+		{"no namespace", s, Config{}, "Namespace is required"},
+		{"negative lease", s, Config{Namespace: "g", Lease: -time.Second}, "must not be negative"},
+		{"negative keep", s, Config{Namespace: "g", Keep: -time.Second}, "must not be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mw, err := New(tt.store, tt.cfg)
+			if err == nil || mw != nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("New = %v, %v; want an error containing %q", mw != nil, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestMiddleware(t *testing.T) {
+	ctx := context.Background()
+	type step struct {
+		m       *mq.Message
+		result  error // the handler's result
+		wantRun bool
+		wantErr error // errors.Is target; nil means success
+	}
+	msg := func(topic, id string, hdr ...string) *mq.Message {
+		m := &mq.Message{ID: id, Topic: topic}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			m.SetHeader(hdr[i], hdr[i+1])
+		}
+		return m
+	}
+	tests := []struct {
+		name  string
+		cfg   Config
+		steps []step
+	}{
+		{"duplicate after success is skipped", Config{}, []step{
+			{m: msg("t", "1"), wantRun: true},
+			{m: msg("t", "1"), wantRun: false},
+			{m: msg("t", "2"), wantRun: true},
+		}},
+		{"failure releases, so the retry runs", Config{}, []step{
+			{m: msg("t", "1"), result: errBoom, wantRun: true, wantErr: errBoom},
+			{m: msg("t", "1"), wantRun: true},
+			{m: msg("t", "1"), wantRun: false},
+		}},
+		{"permanent failure is returned unchanged", Config{}, []step{
+			{m: msg("t", "1"), result: mq.Permanent(errBoom), wantRun: true, wantErr: errBoom},
+		}},
+		{"same ID on another topic is another key", Config{}, []step{
+			{m: msg("a", "1"), wantRun: true},
+			{m: msg("b", "1"), wantRun: true},
+			{m: msg("a", "1"), wantRun: false},
+		}},
+		{"business key from a header", Config{KeyFunc: func(m *mq.Message) string { return m.Header("payment-id") }}, []step{
+			{m: msg("t", "1", "payment-id", "p-9"), wantRun: true},
+			{m: msg("t", "2", "payment-id", "p-9"), wantRun: false},
+			{m: msg("t", "3", "payment-id", "p-10"), wantRun: true},
+			{m: msg("t", "4"), wantRun: false, wantErr: ErrEmptyKey},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.Namespace = "billing"
+			mw, err := New(NewMemoryStore(MemoryStoreConfig{}), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, st := range tt.steps {
+				ran := false
+				h := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { ran = true; return st.result }))
+				err := h.Handle(ctx, st.m)
+				if ran != st.wantRun {
+					t.Fatalf("step %d (%s): handler ran %v, want %v", i, st.m.ID, ran, st.wantRun)
+				}
+				if (st.wantErr == nil) != (err == nil) || (st.wantErr != nil && !errors.Is(err, st.wantErr)) {
+					t.Fatalf("step %d (%s): err = %v, want %v", i, st.m.ID, err, st.wantErr)
+				}
+				if errors.Is(err, ErrEmptyKey) && !mq.IsPermanent(err) {
+					t.Fatalf("step %d: ErrEmptyKey is not marked permanent", i)
+				}
+			}
+		})
+	}
+}
+
+func TestMiddlewareNamespacesAreIndependent(t *testing.T) {
+	store := NewMemoryStore(MemoryStoreConfig{})
+	billing, _ := New(store, Config{Namespace: "billing"})
+	shipping, _ := New(store, Config{Namespace: "shipping"})
+	runs := 0
+	h := mq.HandlerFunc(func(context.Context, *mq.Message) error { runs++; return nil })
+	for _, mw := range []mq.Middleware{billing, shipping, billing, shipping} {
+		if err := mw(h).Handle(context.Background(), &mq.Message{ID: "1", Topic: "orders"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if runs != 2 {
+		t.Fatalf("handler ran %d times for two groups, want 2", runs)
+	}
+}
+
+func TestMiddlewareBusy(t *testing.T) {
+	store := NewMemoryStore(MemoryStoreConfig{})
+	mw, _ := New(store, Config{Namespace: "g"})
+	m := &mq.Message{ID: "1", Topic: "t"}
+	inner := mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		// While the first delivery runs, a duplicate finds it busy.
+		ran := false
+		err := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { ran = true; return nil })).Handle(ctx, m.Clone())
+		if !errors.Is(err, ErrBusy) || ran {
+			t.Errorf("duplicate while running: err %v, ran %v; want ErrBusy, not run", err, ran)
+		}
+		return nil
+	})
+	if err := mw(inner).Handle(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMiddlewareStoreFailures(t *testing.T) {
+	storeDown := errors.New("store down")
+	tests := []struct {
+		name          string
+		store         faultyStore
+		result        error
+		wantRun       bool
+		wantErr       error
+		wantLog       string
+		wantCompletes int
+		wantReleases  int
+	}{
+		{name: "claim fails closed", store: faultyStore{claimErr: storeDown},
+			wantRun: false, wantErr: storeDown},
+		{name: "complete failure is logged, success returned", store: faultyStore{completeErr: storeDown},
+			wantRun: true, wantLog: "could not mark message done", wantCompletes: 1},
+		{name: "release failure is logged, handler error returned", store: faultyStore{releaseErr: storeDown}, result: errBoom,
+			wantRun: true, wantErr: errBoom, wantLog: "could not release claim", wantReleases: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var logs bytes.Buffer
+			s := tt.store
+			s.Store = NewMemoryStore(MemoryStoreConfig{})
+			mw, _ := New(&s, Config{Namespace: "g", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			ran := false
+			err := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { ran = true; return tt.result })).
+				Handle(context.Background(), &mq.Message{ID: "1", Topic: "t"})
+			if ran != tt.wantRun {
+				t.Fatalf("handler ran %v, want %v", ran, tt.wantRun)
+			}
+			if (tt.wantErr == nil) != (err == nil) || (tt.wantErr != nil && !errors.Is(err, tt.wantErr)) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if tt.wantLog != "" && !strings.Contains(logs.String(), tt.wantLog) {
+				t.Fatalf("log %q does not contain %q", logs.String(), tt.wantLog)
+			}
+			if s.completes != tt.wantCompletes || s.releases != tt.wantReleases {
+				t.Fatalf("%d completes, %d releases; want %d, %d", s.completes, s.releases, tt.wantCompletes, tt.wantReleases)
+			}
+		})
+	}
+}
+
+func TestMiddlewareSettlesAfterHandlerContextEnds(t *testing.T) {
+	for _, fail := range []bool{false, true} {
+		s := &faultyStore{Store: NewMemoryStore(MemoryStoreConfig{})}
+		mw, _ := New(s, Config{Namespace: "g"})
+		ctx, cancel := context.WithCancel(context.Background())
+		h := mq.HandlerFunc(func(context.Context, *mq.Message) error {
+			cancel() // say, a timeout hit just as the handler returned
+			if fail {
+				return errBoom
+			}
+			return nil
+		})
+		_ = mw(h).Handle(ctx, &mq.Message{ID: "1", Topic: "t"})
+		if s.completes+s.releases != 1 || s.settleCtxErr != nil {
+			t.Fatalf("fail=%v: %d completes, %d releases, context %v; want one with a live context", fail, s.completes, s.releases, s.settleCtxErr)
+		}
+	}
+}
+
+func TestMiddlewareReleasesOnPanic(t *testing.T) {
+	store := NewMemoryStore(MemoryStoreConfig{})
+	mw, _ := New(store, Config{Namespace: "g"})
+	m := &mq.Message{ID: "1", Topic: "t"}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("panic was swallowed")
+			}
+		}()
+		_ = mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { panic("boom") })).Handle(context.Background(), m)
+	}()
+	ran := false
+	if err := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { ran = true; return nil })).Handle(context.Background(), m); err != nil || !ran {
+		t.Fatalf("after a panic the retry got err %v, ran %v: the claim was not released", err, ran)
+	}
+}
