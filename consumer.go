@@ -135,15 +135,15 @@ type dispatcher struct {
 	hctx context.Context // handlers' context: not cancelled until the shutdown timeout
 	actx context.Context // acks' context: never cancelled by shutdown
 
-	ready    chan *keyQueue // queues whose head task may run now
-	room     chan struct{}  // a token when in-flight drops below the bound
-	stop     chan struct{}  // closed when workers should exit
-	stopping chan struct{}  // closed when shutdown begins; seen by handlers through ShuttingDown
+	room     chan struct{} // a token when in-flight drops below the bound
+	stopping chan struct{} // closed when shutdown begins; seen by handlers through ShuttingDown
 
 	mu          sync.Mutex
 	outstanding int
 	keys        map[string]*keyQueue
 	live        map[*keyQueue]struct{}
+	ready       []*keyQueue // queues whose head task may run now, FIFO
+	readyCond   sync.Cond   // signalled when ready grows or stopped is set
 	stopped     bool
 }
 
@@ -163,17 +163,23 @@ type task struct {
 }
 
 func newDispatcher(h Handler, sub Subscription, o options) *dispatcher {
-	return &dispatcher{
+	d := &dispatcher{
 		h:        h,
 		sub:      sub,
 		o:        o,
-		ready:    make(chan *keyQueue, o.maxInFlight),
 		room:     make(chan struct{}, 1),
-		stop:     make(chan struct{}),
 		stopping: make(chan struct{}),
 		keys:     make(map[string]*keyQueue),
 		live:     make(map[*keyQueue]struct{}),
 	}
+	d.readyCond.L = &d.mu
+	return d
+}
+
+// pushReady makes q's head task runnable. d.mu is held.
+func (d *dispatcher) pushReady(q *keyQueue) {
+	d.ready = append(d.ready, q)
+	d.readyCond.Signal()
 }
 
 func (d *dispatcher) run(ctx context.Context) error {
@@ -197,9 +203,9 @@ func (d *dispatcher) run(ctx context.Context) error {
 	// everything unsettled goes back to the broker.
 	d.mu.Lock()
 	d.stopped = true
+	d.readyCond.Broadcast()
 	d.mu.Unlock()
 	close(d.stopping)
-	close(d.stop)
 	finished := make(chan struct{})
 	go func() {
 		workers.Wait()
@@ -283,24 +289,25 @@ func (d *dispatcher) submit(dl Delivery) {
 		d.keys[q.key] = q
 	}
 	d.live[q] = struct{}{}
-	d.ready <- q // never blocks: at most maxInFlight queues exist
+	d.pushReady(q)
 }
 
 func (d *dispatcher) work() {
 	for {
-		select {
-		case <-d.stop:
-			return
-		case q := <-d.ready:
-			d.mu.Lock()
-			if d.stopped {
-				d.mu.Unlock()
-				return
-			}
-			t := q.tasks[0]
-			d.mu.Unlock()
-			d.runTask(q, t)
+		d.mu.Lock()
+		for len(d.ready) == 0 && !d.stopped {
+			d.readyCond.Wait()
 		}
+		if d.stopped {
+			d.mu.Unlock()
+			return
+		}
+		q := d.ready[0]
+		d.ready[0] = nil
+		d.ready = d.ready[1:]
+		t := q.tasks[0]
+		d.mu.Unlock()
+		d.runTask(q, t)
 	}
 }
 
@@ -320,7 +327,7 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 				delete(d.keys, q.key)
 			}
 		} else if !d.stopped {
-			d.ready <- q
+			d.pushReady(q)
 		}
 		d.mu.Unlock()
 		select {
@@ -345,7 +352,7 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 		defer d.mu.Unlock()
 		q.timer = nil
 		if !d.stopped {
-			d.ready <- q
+			d.pushReady(q)
 		}
 	})
 }
@@ -378,6 +385,8 @@ func (d *dispatcher) nackAll() {
 		delete(d.live, q)
 	}
 	clear(d.keys)
+	clear(d.ready)
+	d.ready = nil
 	d.outstanding = 0
 	d.mu.Unlock()
 	for _, dl := range pending {
