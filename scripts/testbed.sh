@@ -47,6 +47,8 @@ exec 3>&2 # progress, also from build jobs whose stderr goes to a log file
 T0=$(date +%s)
 log() { printf '[%s +%4ss] testbed: %s\n' "$(date +%H:%M:%S)" "$(($(date +%s) - T0))" "$*" >&3; }
 die() { log "ERROR: $*"; exit 1; }
+# step: a timestamped marker in a build log (stdout of the build jobs).
+step() { printf '\n=== %s %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 as_root() {
   [[ $(id -u) == 0 ]] || die "this step needs root: run scripts/testbed.sh as root (or with sudo)"
@@ -79,7 +81,9 @@ ensure_docker() {
   if ! pgrep -x dockerd >/dev/null; then
     as_root
     log "starting dockerd (log: /tmp/dockerd.log)"
-    setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null &
+    # Detached, holding none of our descriptors (a pipe left open would keep
+    # whoever reads this script's output waiting; fd 9 is the lock).
+    setsid dockerd >/tmp/dockerd.log 2>&1 </dev/null 3>&- 9>&- &
   else
     log "dockerd is running; waiting for its socket"
   fi
@@ -158,10 +162,13 @@ build_base() {
   local tarball=$1 dir=$CACHE/build/base SUITE VARIANT
   # shellcheck disable=SC1091
   source "$IMAGES_DIR/base/recipe.env"
-  trap 'umount_under "$dir"' EXIT
+  # shellcheck disable=SC2064 # expand $dir now: it is local
+  trap "umount_under '$dir'" EXIT
   remove_tree "$dir"
-  mkdir -p "$CACHE/debs" "$dir"
-  echo "debootstrap --variant=$VARIANT $SUITE from $(mirror)"
+  mkdir -p "$CACHE/debs" "$dir/etc/dpkg/dpkg.cfg.d"
+  # dpkg without fsync from the first package on (about a third faster).
+  cp "$IMAGES_DIR/base/files/etc/dpkg/dpkg.cfg.d/02-mq-unsafe-io" "$dir/etc/dpkg/dpkg.cfg.d/"
+  step "debootstrap --variant=$VARIANT $SUITE from $(mirror)"
   debootstrap --variant="$VARIANT" --cache-dir="$CACHE/debs" "$SUITE" "$dir" "$(mirror)"
   cp -a "$IMAGES_DIR/base/files/." "$dir/"
   if [[ -f /etc/apt/sources.list.d/debian.sources ]] &&
@@ -173,10 +180,12 @@ build_base() {
   else
     echo "deb $(mirror) $SUITE main" >"$dir/etc/apt/sources.list"
   fi
+  step "apt-get update, dist-upgrade"
   in_chroot "$dir" apt-get update -q
   # Bring the base up to date with bookworm-updates / -security.
   in_chroot "$dir" apt-get -y -q dist-upgrade
   in_chroot "$dir" apt-get clean
+  step "tar"
   tar -C "$dir" -cf "$tarball.tmp" .
   mv "$tarball.tmp" "$tarball"
   remove_tree "$dir"
@@ -193,6 +202,7 @@ fetch_maven_libs() {
   (cd "$tmp" && mvn -B -q -Dmaven.repo.local="$CACHE/m2" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$tmp/libs")
   ls "$tmp/libs" | sed 's/^/  /'
+  step "done"
   rm -rf "$out"
   mv "$tmp/libs" "$out"
   rm -rf "$tmp"
@@ -205,13 +215,14 @@ build_image() {
   local PACKAGES="" MAVEN_LIBS_DIR="" CHANGES=()
   # shellcheck disable=SC1090,SC1091
   source "$recipe/recipe.env"
-  trap 'umount_under "$dir"' EXIT
+  # shellcheck disable=SC2064 # expand $dir now: it is local
+  trap "umount_under '$dir'" EXIT
   remove_tree "$dir"
   mkdir -p "$dir" "$debs"
   tar -C "$dir" -xf "$base"
   # Reuse the .debs of the previous build of this image (hard links).
   cp -al "$debs/." "$dir/var/cache/apt/archives/" 2>/dev/null || cp -a "$debs/." "$dir/var/cache/apt/archives/"
-  echo "apt-get install $PACKAGES"
+  step "apt-get install $PACKAGES"
   # shellcheck disable=SC2086
   in_chroot "$dir" apt-get install -y -q $PACKAGES
   rm -rf "$debs.new" && mkdir -p "$debs.new"
@@ -223,7 +234,7 @@ build_image() {
     cp -a "$libs/." "$dir$MAVEN_LIBS_DIR/"
   fi
   if [[ -f $recipe/setup.sh ]]; then
-    echo "setup.sh"
+    step "setup.sh"
     cp "$recipe/setup.sh" "$dir/tmp/mq-setup.sh"
     in_chroot "$dir" /bin/bash /tmp/mq-setup.sh
   fi
@@ -234,9 +245,16 @@ build_image() {
   : >"$dir/etc/resolv.conf"
   local changes=() c
   for c in "${CHANGES[@]}"; do changes+=(-c "$c"); done
-  echo "docker import $tag ($(du -sh --one-file-system "$dir" | cut -f1))"
+  step "docker import $tag ($(du -sh --one-file-system "$dir" | cut -f1))"
+  local old_id
+  old_id=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   tar -C "$dir" -c . | docker import "${changes[@]}" -m "mqkit testbed $name, recipe ${tag##*:}" - "$tag"
   remove_tree "$dir"
+  # A rebuild leaves the previous image of this tag untagged: drop it.
+  if [[ -n $old_id && $old_id != "$(docker image inspect -f '{{.Id}}' "$tag")" ]]; then
+    docker rmi "$old_id" >/dev/null 2>&1 || true
+  fi
+  step "done"
   # Drop the images of older recipes (ignore those still in use).
   docker image ls "mq-$name" --format '{{.Repository}}:{{.Tag}}' | grep -vxF "$tag" |
     xargs -r docker rmi >/dev/null 2>&1 || true
@@ -245,6 +263,12 @@ build_image() {
 # --------------------------------------------------------------------- main ---
 
 mkdir -p "$LOGDIR" "$CACHE/build" 2>/dev/null || as_root
+# One testbed.sh at a time on a machine (others wait, then find the images).
+exec 9>>"$CACHE/.lock"
+if ! flock -n 9; then
+  log "another scripts/testbed.sh is running; waiting for it"
+  flock 9
+fi
 ensure_docker
 
 declare -A TAG=()

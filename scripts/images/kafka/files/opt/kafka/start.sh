@@ -12,6 +12,7 @@
 #   KAFKA_HEAP_OPTS        JVM heap flags                          default -Xmx512m -Xms128m
 #   KAFKA_OPTS             more JVM flags
 #   KAFKA_EXTRA_PROPERTIES raw server.properties lines, appended last
+#   KAFKA_NO_CDS           set: do not use the class-data sharing archive
 #   CLUSTER_ID             KRaft cluster id (22 chars, base64url of 16 bytes)
 #
 # Like the official apache/kafka image, every other KAFKA_<NAME> variable
@@ -65,7 +66,7 @@ set_prop log.segment.bytes 67108864
 
 # Variables of this script and of the JVM, never broker properties.
 declare -A skip=()
-for name in KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_BIND_HOST KAFKA_ADVERTISED_HOST \
+for name in KAFKA_NO_CDS KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_BIND_HOST KAFKA_ADVERTISED_HOST \
   KAFKA_HOME KAFKA_DATA_DIR KAFKA_CONFIG_FILE KAFKA_EXTRA_PROPERTIES KAFKA_FORMAT_ONLY \
   KAFKA_HEAP_OPTS KAFKA_OPTS KAFKA_JVM_PERFORMANCE_OPTS KAFKA_LOG4J_OPTS KAFKA_JMX_OPTS \
   KAFKA_GC_LOG_OPTS KAFKA_VERSION KAFKA_LOG4J_ROOT_LOGLEVEL KAFKA_LOG4J_LOGGERS \
@@ -93,6 +94,13 @@ jvm=(-server -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -XX:+ExitOnOutOfMemoryErro
      -Djava.awt.headless=true -Djava.net.preferIPv4Stack=true
      "-Dlog4j.configuration=file:${KAFKA_HOME}/config/log4j.properties")
 cp=(-cp "${KAFKA_HOME}/libs/*")
+# Class-data sharing: the image's archive of the classes a broker loads
+# (recorded by a training start when the image was built) saves about 40%
+# of the start-up time. Unusable archives are ignored by the JVM.
+cds=()
+if [[ -z ${KAFKA_NO_CDS:-} && -f ${KAFKA_HOME}/kafka.jsa ]]; then
+  cds=("-XX:SharedArchiveFile=${KAFKA_HOME}/kafka.jsa")
+fi
 
 if [[ -f ${data}/meta.properties ]] && ! grep -qx "cluster.id=${cluster_id}" "${data}/meta.properties"; then
   echo "start.sh: ${data} belongs to another cluster; formatting it anew for ${cluster_id}"
@@ -110,4 +118,4 @@ if [[ -n ${KAFKA_FORMAT_ONLY:-} ]]; then exit 0; fi
 
 echo "start.sh: starting Kafka, listeners ${props[listeners]}, advertised ${props[advertised.listeners]}"
 # shellcheck disable=SC2086
-exec java $heap ${KAFKA_OPTS:-} "${jvm[@]}" "${cp[@]}" kafka.Kafka "$conf"
+exec java $heap ${KAFKA_OPTS:-} "${jvm[@]}" "${cds[@]}" "${cp[@]}" kafka.Kafka "$conf"

@@ -1,0 +1,60 @@
+// Package testbed starts real brokers (Redis, RabbitMQ, Apache Kafka) in
+// Docker containers for tests, with testcontainers-go.
+//
+//	func TestSomething(t *testing.T) {
+//		rd := testbed.Redis(t)       // redis://127.0.0.1:PORT/0
+//		rb := testbed.RabbitMQ(t)    // amqp://guest:guest@127.0.0.1:PORT/
+//		kf := testbed.Kafka(t)       // kafka://127.0.0.1:PORT
+//		c, err := mq.Open(ctx, rd.URL) // or rb.URL, kf.URL
+//	}
+//
+// Each call starts a fresh container, waits until the broker really serves
+// clients (Redis PING, an AMQP connection and channel after RabbitMQ logs
+// "Server startup complete", a Kafka metadata request that lists the
+// broker) and terminates it in t.Cleanup. Every port is on 127.0.0.1:
+// Redis and RabbitMQ publish their port on a free loopback port chosen by
+// the harness (kept across Restart); Kafka runs with host networking and
+// listens on 127.0.0.1 only, so its advertised listener is the address the
+// test dials.
+//
+// # Images
+//
+// The images come from the environment, defaulting to the official public
+// images:
+//
+//	MQ_TEST_REDIS_IMAGE     redis:7
+//	MQ_TEST_RABBITMQ_IMAGE  rabbitmq:3.13-management
+//	MQ_TEST_KAFKA_IMAGE     apache/kafka:3.9.2
+//
+// scripts/testbed.sh builds local images from Debian packages (and Kafka's
+// jars from Maven Central) for machines that reach no image registry, and
+// writes their names to .testbed.env at the repository root. The harness
+// reads that file for variables that are not set already, so after one run
+// of scripts/testbed.sh a plain `go test ./...` uses the local images.
+//
+// The harness never pulls an image unless MQ_TEST_PULL=true (a pull from a
+// machine without registry access only hangs or fails): pull the public
+// images yourself, set MQ_TEST_PULL=true, or run scripts/testbed.sh.
+//
+// # Docker missing
+//
+// When Docker is unreachable or an image is missing, the test is skipped
+// with a message that says what to run, except when CI=true: then a missing
+// broker fails the test. A broker that does not come up fails the test with
+// the container's logs in the message.
+//
+// # Environment
+//
+// The package sets TESTCONTAINERS_RYUK_DISABLED=true (the reaper image
+// cannot be pulled here; containers are terminated in t.Cleanup, and
+// containers left by a killed test process are removed the next time the
+// harness runs) and TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1 when they are
+// unset. MQ_TEST_VERBOSE=true shows testcontainers' own log lines.
+//
+// # Sharing
+//
+// SharedRedis, SharedRabbitMQ and SharedKafka start one broker per test
+// binary and hand the same one to every caller. They need TestMain to call
+// Main, which terminates them after the tests; without it they behave like
+// Redis, RabbitMQ and Kafka. Do not Restart or Pause a shared broker.
+package testbed

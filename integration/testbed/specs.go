@@ -1,0 +1,209 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/api/types/network"
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
+	"github.com/testcontainers/testcontainers-go"
+)
+
+// spec describes how to run and probe one kind of broker.
+type spec struct {
+	kind         Kind
+	envKey       string
+	defaultImage string
+	// request builds the container request; port is the client port on
+	// 127.0.0.1, cport a second free port (Kafka's controller).
+	request func(image string, port, cport int) testcontainers.ContainerRequest
+	url     func(addr string) string
+	// ready returns nil once the broker serves clients.
+	ready func(ctx context.Context, b *Broker) error
+	// readyLine, when set, must appear in the logs once more per (re)start.
+	readyLine    string
+	startTimeout time.Duration
+	stopTimeout  time.Duration
+}
+
+var specs = map[Kind]*spec{
+	KindRedis: {
+		kind:         KindRedis,
+		envKey:       EnvRedisImage,
+		defaultImage: DefaultRedisImage,
+		request: func(image string, port, _ int) testcontainers.ContainerRequest {
+			return testcontainers.ContainerRequest{
+				Image:        image,
+				ExposedPorts: []string{"6379/tcp"},
+				// Works with the local image and with the official one.
+				Cmd:                []string{"redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"},
+				HostConfigModifier: publishOnLoopback("6379/tcp", port),
+			}
+		},
+		url:          func(addr string) string { return "redis://" + addr + "/0" },
+		ready:        redisReady,
+		startTimeout: 30 * time.Second,
+		stopTimeout:  5 * time.Second,
+	},
+	KindRabbitMQ: {
+		kind:         KindRabbitMQ,
+		envKey:       EnvRabbitMQImage,
+		defaultImage: DefaultRabbitMQImage,
+		request: func(image string, port, _ int) testcontainers.ContainerRequest {
+			return testcontainers.ContainerRequest{
+				Image:        image,
+				ExposedPorts: []string{"5672/tcp"},
+				Env: map[string]string{
+					// Also in the local image; the official one needs it
+					// (and then skips the management plugin: faster boot).
+					"RABBITMQ_ENABLED_PLUGINS": "rabbitmq_consistent_hash_exchange",
+				},
+				// The node name, and so the data directory, comes from the
+				// host name: fixed, so that a restart finds its data.
+				ConfigModifier:     func(c *container.Config) { c.Hostname = "mq-rabbit" },
+				HostConfigModifier: publishOnLoopback("5672/tcp", port),
+			}
+		},
+		url:          func(addr string) string { return "amqp://guest:guest@" + addr + "/" },
+		ready:        rabbitReady,
+		readyLine:    "Server startup complete",
+		startTimeout: 120 * time.Second,
+		stopTimeout:  15 * time.Second,
+	},
+	KindKafka: {
+		kind:         KindKafka,
+		envKey:       EnvKafkaImage,
+		defaultImage: DefaultKafkaImage,
+		request:      kafkaRequest,
+		url:          func(addr string) string { return "kafka://" + addr },
+		ready:        kafkaReady,
+		startTimeout: 120 * time.Second,
+		stopTimeout:  15 * time.Second,
+	},
+}
+
+// publishOnLoopback binds the container port to 127.0.0.1:hostPort only.
+func publishOnLoopback(containerPort string, hostPort int) func(*container.HostConfig) {
+	return func(hc *container.HostConfig) {
+		hc.PortBindings = network.PortMap{
+			network.MustParsePort(containerPort): {{
+				HostIP:   netip.MustParseAddr("127.0.0.1"),
+				HostPort: strconv.Itoa(hostPort),
+			}},
+		}
+	}
+}
+
+// kafkaClusterID is the KRaft cluster id of every test broker (the local
+// image's data directory is pre-formatted with it).
+const kafkaClusterID = "bXFraXQtdGVzdGJlZC0wMQ"
+
+// kafkaRequest runs Kafka with host networking, listening on 127.0.0.1
+// only, so the advertised listener is exactly what the test dials. The
+// variables follow the apache/kafka image's convention (KAFKA_FOO_BAR ->
+// foo.bar), which the local image's start script honours too.
+func kafkaRequest(image string, port, cport int) testcontainers.ContainerRequest {
+	listener := fmt.Sprintf("127.0.0.1:%d", port)
+	controller := fmt.Sprintf("127.0.0.1:%d", cport)
+	return testcontainers.ContainerRequest{
+		Image: image,
+		Env: map[string]string{
+			"CLUSTER_ID":                                     kafkaClusterID,
+			"KAFKA_NODE_ID":                                  "1",
+			"KAFKA_PROCESS_ROLES":                            "broker,controller",
+			"KAFKA_LISTENERS":                                "PLAINTEXT://" + listener + ",CONTROLLER://" + controller,
+			"KAFKA_ADVERTISED_LISTENERS":                     "PLAINTEXT://" + listener,
+			"KAFKA_CONTROLLER_LISTENER_NAMES":                "CONTROLLER",
+			"KAFKA_CONTROLLER_QUORUM_VOTERS":                 "1@" + controller,
+			"KAFKA_LISTENER_SECURITY_PROTOCOL_MAP":           "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+			"KAFKA_INTER_BROKER_LISTENER_NAME":               "PLAINTEXT",
+			"KAFKA_AUTO_CREATE_TOPICS_ENABLE":                "true",
+			"KAFKA_NUM_PARTITIONS":                           "1",
+			"KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR":         "1",
+			"KAFKA_OFFSETS_TOPIC_NUM_PARTITIONS":             "1",
+			"KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "1",
+			"KAFKA_TRANSACTION_STATE_LOG_MIN_ISR":            "1",
+			"KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS":         "0",
+			"KAFKA_HEAP_OPTS":                                "-Xmx512m -Xms128m",
+		},
+		HostConfigModifier: func(hc *container.HostConfig) { hc.NetworkMode = "host" },
+	}
+}
+
+func redisReady(ctx context.Context, b *Broker) error {
+	c := redis.NewClient(&redis.Options{
+		Addr:            b.Addr,
+		DialTimeout:     2 * time.Second,
+		ReadTimeout:     2 * time.Second,
+		WriteTimeout:    2 * time.Second,
+		MaxRetries:      -1,
+		DisableIdentity: true,
+	})
+	defer func() { _ = c.Close() }()
+	return c.Ping(ctx).Err()
+}
+
+func rabbitReady(ctx context.Context, b *Broker) error {
+	if n := strings.Count(b.Logs(ctx), b.spec.readyLine); n <= b.startMark {
+		return errors.New(`no "Server startup complete" in the log yet`)
+	}
+	deadline, _ := ctx.Deadline()
+	conn, err := amqp.DialConfig(b.URL, amqp.Config{
+		Dial: amqp.DefaultDial(time.Until(deadline)),
+	})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close() }()
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	return ch.Close()
+}
+
+func kafkaReady(ctx context.Context, b *Broker) error {
+	cfg := sarama.NewConfig()
+	cfg.ClientID = "mqkit-testbed"
+	cfg.Net.DialTimeout = 2 * time.Second
+	cfg.Net.ReadTimeout = 3 * time.Second
+	cfg.Net.WriteTimeout = 3 * time.Second
+	cfg.Metadata.Retry.Max = 0
+	cfg.Metadata.Full = false
+	done := make(chan error, 1)
+	go func() {
+		client, err := sarama.NewClient([]string{b.Addr}, cfg)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer func() { _ = client.Close() }()
+		if err := client.RefreshMetadata(); err != nil {
+			done <- err
+			return
+		}
+		if len(client.Brokers()) == 0 {
+			done <- errors.New("metadata lists no broker yet")
+			return
+		}
+		if _, err := client.Controller(); err != nil {
+			done <- fmt.Errorf("no controller yet: %w", err)
+			return
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# scripts/test.sh: the project's whole test run (CI runs it through .ci/run).
+#
+#   1. Go modules (go mod download), go vet.
+#   2. Test bed: scripts/testbed.sh makes sure Docker runs and the local
+#      broker images exist (building them from Debian packages on a cold
+#      machine), then its environment (MQ_TEST_*_IMAGE, TESTCONTAINERS_*) is
+#      exported.
+#   3. go test -race -count=1 ./... : unit tests and the tests against real
+#      Redis, RabbitMQ and Kafka containers.
+#
+# With CI=true a broker that cannot be started fails its tests (outside CI
+# they are skipped). Prints the time of each stage; exits non-zero on any
+# failure. Extra arguments go to `go test` (e.g. -run Kafka, -v).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+T0=$(date +%s)
+STAGES=()
+stage_start=0
+stage_name=""
+log() { printf '[%s +%4ss] test.sh: %s\n' "$(date +%H:%M:%S)" "$(($(date +%s) - T0))" "$*"; }
+begin() { stage_name=$1; stage_start=$(date +%s); log "== $1"; }
+end() { STAGES+=("$(printf '%-28s %5ss' "$stage_name" "$(($(date +%s) - stage_start))")"); stage_name=""; }
+summary() {
+  local rc=$?
+  if [[ -n $stage_name ]]; then
+    STAGES+=("$(printf '%-28s %5ss  FAILED' "$stage_name" "$(($(date +%s) - stage_start))")")
+  fi
+  echo
+  log "stage timings:"
+  printf '    %s\n' "${STAGES[@]}"
+  log "total $(($(date +%s) - T0)) s, exit code $rc"
+}
+trap summary EXIT
+
+begin "go mod download + vet"
+go version
+go mod download
+go vet ./...
+end
+
+begin "test tools (kcat)"
+# kcat is a Kafka client nobody here wrote: the Kafka interop test uses it.
+if ! command -v kcat >/dev/null; then
+  if [[ $(id -u) == 0 ]]; then
+    (apt-get install -y -q kcat || { apt-get update -q && apt-get install -y -q kcat; }) >/tmp/mq-apt-kcat.log 2>&1 ||
+      { cat /tmp/mq-apt-kcat.log; exit 1; }
+  else
+    log "kcat missing and not root: the kcat interop test will skip (fail under CI)"
+  fi
+fi
+end
+
+begin "test bed (docker + images)"
+bash scripts/testbed.sh >/dev/null
+# shellcheck disable=SC1091
+source .testbed.env
+env | grep -E '^(MQ_TEST_|TESTCONTAINERS_|CI=)' | sort | sed 's/^/    /'
+end
+
+begin "go test -race ./..."
+go test -race -count=1 -timeout 30m "$@" ./...
+end
