@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -136,6 +137,30 @@ func kafkaRequest(image string, port, cport int) testcontainers.ContainerRequest
 		},
 		HostConfigModifier: func(hc *container.HostConfig) { hc.NetworkMode = "host" },
 	}
+}
+
+// addKafkaSASL adds a SASL_PLAINTEXT listener at addr to a Kafka request,
+// with PLAIN users and the SCRAM mechanisms enabled.
+func addKafkaSASL(req *testcontainers.ContainerRequest, addr string, plainUsers map[string]string) {
+	env := req.Env
+	env["KAFKA_LISTENERS"] += ",SASL_PLAINTEXT://" + addr
+	env["KAFKA_ADVERTISED_LISTENERS"] += ",SASL_PLAINTEXT://" + addr
+	env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+	env["KAFKA_SASL_ENABLED_MECHANISMS"] = "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+	names := make([]string, 0, len(plainUsers))
+	for u := range plainUsers {
+		names = append(names, u)
+	}
+	sort.Strings(names)
+	jaas := "org.apache.kafka.common.security.plain.PlainLoginModule required"
+	for _, u := range names {
+		jaas += fmt.Sprintf(" user_%s=%q", u, plainUsers[u])
+	}
+	// KAFKA_A__B___C -> a_b-c: listener.name.sasl_plaintext.<mech>.sasl.jaas.config
+	env["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_PLAIN_SASL_JAAS_CONFIG"] = jaas + ";"
+	scram := "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+	env["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___256_SASL_JAAS_CONFIG"] = scram
+	env["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG"] = scram
 }
 
 func redisReady(ctx context.Context, b *Broker) error {

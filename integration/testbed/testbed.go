@@ -40,6 +40,9 @@ type Broker struct {
 	Addr string
 	// Image is the image the container runs.
 	Image string
+	// SASLAddr is the address of the SASL_PLAINTEXT listener that
+	// WithKafkaSASL adds ("" without it).
+	SASLAddr string
 
 	spec *spec
 	ctr  testcontainers.Container
@@ -54,7 +57,17 @@ type Broker struct {
 type Option func(*options)
 
 type options struct {
-	env map[string]string
+	env       map[string]string
+	kafkaSASL map[string]string // PLAIN users; nil: no SASL listener
+}
+
+// WithKafkaSASL gives a Kafka broker a second listener, SASL_PLAINTEXT on
+// 127.0.0.1 (its address in Broker.SASLAddr), that accepts SASL PLAIN for
+// the given users and passwords and SCRAM-SHA-256/512 for users whose
+// SCRAM credentials a test creates through the admin API (on the plain
+// listener, Broker.Addr). It has no effect on other brokers.
+func WithKafkaSASL(plainUsers map[string]string) Option {
+	return func(o *options) { o.kafkaSASL = plainUsers }
 }
 
 // WithEnv sets an environment variable in the broker's container, e.g.
@@ -172,6 +185,15 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		return nil, err
 	}
 	req := sp.request(image, port, cport)
+	saslAddr := ""
+	if sp.kind == KindKafka && o.kafkaSASL != nil {
+		sport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		saslAddr = fmt.Sprintf("127.0.0.1:%d", sport)
+		addKafkaSASL(&req, saslAddr, o.kafkaSASL)
+	}
 	for k, v := range o.env {
 		if req.Env == nil {
 			req.Env = map[string]string{}
@@ -193,7 +215,7 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		Logger:           logger,
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	b := &Broker{Kind: sp.kind, URL: sp.url(addr), Addr: addr, Image: image, spec: sp, ctr: ctr}
+	b := &Broker{Kind: sp.kind, URL: sp.url(addr), Addr: addr, Image: image, SASLAddr: saslAddr, spec: sp, ctr: ctr}
 	if err != nil {
 		err = fmt.Errorf("start %s container from %s: %w", sp.kind, image, err)
 		if ctr != nil {
