@@ -20,13 +20,14 @@ import (
 // that Receive drains, and tracks which of its offsets have finished so it
 // can commit the lowest contiguous one.
 type subscription struct {
-	conn   *Conn
-	topic  string
-	group  string
-	client sarama.Client
-	cg     sarama.ConsumerGroup
-	cancel context.CancelFunc
-	loop   chan struct{} // closed when the session loop has returned
+	conn    *Conn
+	topic   string
+	group   string
+	client  sarama.Client
+	cg      sarama.ConsumerGroup
+	cancel  context.CancelFunc
+	loop    chan struct{} // closed when the session loop has returned
+	leaving chan struct{} // closed by Close: unsettled deliveries are given up, not drained
 
 	mu     sync.Mutex
 	queue  []*delivery   // fetched, not yet received; nacked ones first
@@ -61,7 +62,7 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 	runCtx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
 		conn: c, topic: topic, group: group, client: client, cg: cg, cancel: cancel,
-		loop: make(chan struct{}), wake: make(chan struct{}), space: make(chan struct{}),
+		loop: make(chan struct{}), leaving: make(chan struct{}), wake: make(chan struct{}), space: make(chan struct{}),
 		max: max(opts.MaxInFlight, 1),
 	}
 	c.mu.Lock()
@@ -137,7 +138,7 @@ feed:
 	// Messages still queued were never handed to a handler: drop them so
 	// the next owner gets them from the committed offset.
 	s.dropQueued(pt)
-	pt.drain(s.conn.cfg.drainTimeout())
+	pt.drain(s.conn.cfg.drainTimeout(), s.leaving)
 	sess.Commit()
 	return nil
 }
@@ -239,6 +240,7 @@ func (s *subscription) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
+		close(s.leaving)
 		for _, d := range s.queue {
 			d.pt.giveUp()
 		}
@@ -335,9 +337,10 @@ func (p *partition) signal() {
 	}
 }
 
-// drain waits until every offset handed out was acked or given up, or the
-// timeout passes, and then ends the claim.
-func (p *partition) drain(timeout time.Duration) {
+// drain waits until every offset handed out was acked or given up, the
+// timeout passes, or the subscription is leaving (its owner settled what it
+// meant to), and then ends the claim.
+func (p *partition) drain(timeout time.Duration, leaving <-chan struct{}) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	defer func() {
@@ -354,6 +357,8 @@ func (p *partition) drain(timeout time.Duration) {
 		}
 		select {
 		case <-p.settled:
+		case <-leaving:
+			return
 		case <-deadline.C:
 			slog.Default().Warn("kafka: partition revoked with handlers still running; their messages will be delivered again", "topic", p.topic, "partition", p.id, "unfinished", left)
 			return

@@ -99,7 +99,7 @@ func TestGiveUpBlocksCommit(t *testing.T) {
 		t.Errorf("marked %v although offset %d never finished", sess.marks, a.offset)
 	}
 	done := make(chan struct{})
-	go func() { p.drain(5 * time.Second); close(done) }()
+	go func() { p.drain(5*time.Second, nil); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(2 * time.Second):
