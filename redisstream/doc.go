@@ -1,0 +1,150 @@
+// Package redisstream is the Redis Streams backend of package mq, on
+// github.com/redis/go-redis/v9. Importing it registers the URL schemes
+// below with mq.Open:
+//
+//	import _ "github.com/mqkit/mq/redisstream"
+//
+//	c, err := mq.Open(ctx, "redis://:PASSWORD@127.0.0.1:6379/0?claim_idle=10s")
+//
+// A topic is a stream and an mq consumer group is a Redis consumer group.
+// Produce is XADD (pipelined: one round trip for many messages, returning
+// after every reply); consuming is XREADGROUP, XACK after the handler
+// succeeded, and XAUTOCLAIM of entries a crashed consumer left pending.
+//
+// # URLs
+//
+//	redis://[USER:PASSWORD@]HOST[:PORT][/DB][?PARAMS]          one server (port 6379, DB 0 by default)
+//	rediss://...                                              the same over TLS
+//	redis+cluster://[USER:PASSWORD@]HOST:PORT,HOST:PORT[?PARAMS]   Redis Cluster seed nodes
+//	rediss+cluster://...                                      Redis Cluster over TLS
+//	redis+sentinel://[USER:PASSWORD@]HOST:PORT,HOST:PORT[/DB]?master=NAME[&PARAMS]
+//	rediss+sentinel://...                                     Sentinel-managed primary (over TLS)
+//
+// Addresses are comma-separated in the host part; give every address a
+// port, or none (then 6379, or 26379 for sentinels). The user information
+// authenticates to the Redis servers; for Sentinel, sentinel_auth=true uses
+// it for the sentinels too. Credentials are accepted only in the user
+// information, which errors and logs never show: the go-redis parameters
+// password, username, sentinel_password and sentinel_username are
+// rejected, as are addr (list addresses in the host part) and master_name
+// (use master). For anything a URL cannot say (client certificates, a
+// different sentinel password), build a go-redis client yourself and use
+// NewConn.
+//
+// Parameters of this package (besides the portable ones of mq.Open):
+//
+//	claim_idle=DUR   idle time before a dead consumer's entries are claimed (default 30s)
+//	block=DUR        longest single XREADGROUP wait (default 2s)
+//	maxlen=N         trim streams to about N entries on XADD (MAXLEN ~ N)
+//	max_age=DUR      trim entries older than DUR on XADD (MINID ~ now-DUR)
+//	shards=N         spread each topic over N streams by key (see Sharding)
+//	shard_lease=DUR  shard lease time (default 10s)
+//	start=earliest   a new group starts at the beginning of the stream (default)
+//	start=latest     a new group starts with entries added after it
+//	master=NAME      the Sentinel master name (redis+sentinel only)
+//	sentinel_auth=true  authenticate to the sentinels with the user information
+//
+// All other parameters go to go-redis's own URL parser (redis.ParseURL,
+// ParseClusterURL, ParseFailoverURL): dial_timeout, read_timeout,
+// write_timeout, pool_size, min_idle_conns, max_retries, protocol,
+// client_name, skip_verify and the others it documents. Unknown
+// parameters fail Open with an error wrapping mq.ErrInvalidURL.
+//
+// # Wire format
+//
+// Each message is one stream entry with these fields, so that programs in
+// any language can produce and consume alongside the SDK:
+//
+//	id      the message ID (always present when the SDK produced it)
+//	key     the message key (absent when empty)
+//	h:NAME  one field per header NAME, holding its value
+//	body    the body (absent when empty)
+//
+// Field names and values are binary-safe Redis strings. The entry ID's
+// time is the message's Timestamp.
+//
+// Entries written by other programs are consumed as well:
+//
+//   - without an id field, the message ID is the stream entry ID
+//     ("1700000000000-0"), stable across redeliveries;
+//   - without a body field, the body is empty;
+//   - any field other than id, key, body and h:* becomes a header of the
+//     same name (a header from an h: field wins over a plain field of the
+//     same name), so `redis-cli XADD orders '*' body hello source cli`
+//     arrives with body "hello" and header source=cli;
+//   - if a field appears twice in one entry, the last one is used.
+//
+// Every entry is therefore delivered; none is skipped as malformed.
+//
+// # Delivery
+//
+// Subscribe creates the group with XGROUP CREATE ... MKSTREAM (an existing
+// group is kept). A new group starts at the beginning of the stream
+// ("0"), so it gets every entry the stream still holds, including entries
+// produced before it existed; start=latest ("$") gives only later ones.
+// Each subscription has its own consumer name, HOSTNAME-PID-RANDOM.
+//
+// Receive reads new entries with XREADGROUP ... BLOCK (interrupted with
+// CLIENT UNBLOCK on a dedicated connection when the consumer stops, so
+// stopping never waits for the block time), and every ClaimIdle/2 first
+// claims entries of the group that have been idle for ClaimIdle with
+// XAUTOCLAIM; claimed entries are delivered before new ones, and within
+// one stream entries come in stream order. Attempt is the entry's delivery
+// count in the group: 1 for a new entry, the XPENDING count for a claimed
+// one.
+//
+// A live subscription resets the idle time of the entries it holds every
+// ClaimIdle/3 (XCLAIM to itself, JUSTID, in a script that leaves alone any
+// entry another consumer took), so a handler may run longer than
+// ClaimIdle without its entry being handled twice. A process paused for
+// longer than ClaimIdle loses its entries to other members, and both
+// handle them: the delivery is at least once.
+//
+// Ack is XACK. Nack, used when a consumer stops with unfinished messages,
+// leaves the entry pending and sets its idle time to ClaimIdle (XCLAIM ...
+// IDLE, JUSTID), so the next claim by any member takes it at once with its
+// delivery count one higher. Closing a subscription hands back what it
+// still holds the same way and removes its consumer name from the group
+// only if nothing is pending on it (never XGROUP DELCONSUMER with pending
+// entries). A crashed consumer's entries stay pending and are claimed by
+// live members after ClaimIdle; its name, once nothing is pending on it
+// and it has not been seen for max(10×ClaimIdle, 1h), is deleted by a live
+// member (checked every 10 minutes, atomically with the pending check).
+//
+// Trimming (maxlen, max_age) deletes entries whether or not every group has
+// handled them; an entry deleted while pending cannot be delivered again,
+// and consumers log a warning when a claim finds such entries.
+//
+// # Sharding
+//
+// One stream read by a group spreads a key's messages over its members,
+// which may then handle them out of order. With shards=N a topic is N
+// streams, "{topic}:0" to "{topic}:N-1", and a message goes to shard
+// FNV-1a-32(key) mod N (a message without a key: by its ID). The braces
+// are a Redis Cluster hash tag: all shards of a topic live in one slot, so
+// one XREADGROUP reads all a member holds. The key "{topic}:shards" records
+// N; producers and consumers with another N fail with ErrShardMismatch.
+//
+// Each shard is read by one member of a group at a time. A member holds a
+// shard through a lease key ("{topic}:lease:GROUP:I", holding its consumer
+// name, expiring after shard_lease, renewed every third of it) and takes
+// at most ceil(N/members) shards, counting live members in the sorted set
+// "{topic}:members:GROUP". A member with more than its share stops reading
+// the extra shards, and releases each once everything it read from it is
+// settled; a member taking a shard first claims every entry pending in it
+// (whoever held it), then reads new ones. Members beyond N hold no shard
+// and stand by. A consumer whose Consume stopped
+// gives its shards up. Together with the portable layer's key-ordered
+// concurrency inside a consumer, each key's messages are handled in
+// produce order, one at a time, across the group. The exception is a
+// member paused for longer than shard_lease: its shards pass to others
+// while it may still be handling their messages.
+//
+// # Deployments
+//
+// A single server, a Sentinel-managed primary (redis+sentinel) and Redis
+// Cluster (redis+cluster) are supported; a topic's streams are one slot,
+// so all commands of a subscription go to one node. Lag reports a group's
+// pending entries and lag (XINFO GROUPS; the lag needs Redis 7). The
+// commands used need Redis 6.2 (XAUTOCLAIM); Redis 7 is recommended.
+package redisstream
