@@ -44,8 +44,12 @@ var specs = map[Kind]*spec{
 			return testcontainers.ContainerRequest{
 				Image:        image,
 				ExposedPorts: []string{"6379/tcp"},
-				// Works with the local image and with the official one.
-				Cmd:                []string{"redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"},
+				// Works with the local image and with the official one. An
+				// append-only file synced on every write makes an XADD reply
+				// durable, so a restarted broker still has every confirmed
+				// entry (the restart tests count on it).
+				Cmd: []string{"redis-server", "--protected-mode", "no", "--save", "", "--dir", "/tmp",
+					"--appendonly", "yes", "--appendfsync", "always"},
 				HostConfigModifier: publishOnLoopback("6379/tcp", port),
 			}
 		},
