@@ -49,6 +49,7 @@ var commands = []command{
 	{"produce", "-topic T [-key K] [-header k=v ...] [message ...]", "send messages (the arguments, or stdin lines)", (*app).produce},
 	{"consume", "-topic T -group G [-json] [-n N] [-timeout D]", "print messages as a member of a consumer group", (*app).consume},
 	{"dlq", "list|redrive|ensure -topic T [flags]", "inspect and redrive dead letters", (*app).dlq},
+	{"lag", "-topic T -group G", "show how far a consumer group is behind", (*app).lag},
 	{"demo", "[-orders N] [-seed S]", "run an order pipeline with retries, dedup and a DLQ", (*app).demo},
 }
 

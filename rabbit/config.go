@@ -1,0 +1,369 @@
+package rabbit
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mqkit/mq"
+)
+
+// QueueType is the kind of queue a consumer group gets.
+type QueueType string
+
+const (
+	// Classic queues are RabbitMQ's original queue type: fast, on one node.
+	// They keep no delivery count, so Attempt is 1, or 2 for any
+	// redelivery (see the package documentation).
+	Classic QueueType = "classic"
+	// Quorum queues are replicated (Raft) and count deliveries, so Attempt
+	// is exact across redeliveries by the broker.
+	Quorum QueueType = "quorum"
+)
+
+// Defaults of Config's fields.
+const (
+	// DefaultMaxMessageSize is RabbitMQ 4's default max_message_size
+	// (16 MiB). RabbitMQ 3.x allowed 128 MiB; raise MaxMessageSize for a
+	// broker configured higher.
+	DefaultMaxMessageSize = 16 << 20
+	// DefaultConfirmWindow is how many publishes a channel keeps awaiting
+	// confirmation before it waits for the oldest.
+	DefaultConfirmWindow = 256
+	// DefaultReconnectBackoff and DefaultMaxReconnectBackoff bound the
+	// exponential wait between reconnection attempts.
+	DefaultReconnectBackoff    = 100 * time.Millisecond
+	DefaultMaxReconnectBackoff = 5 * time.Second
+)
+
+// Config configures a connection made with Dial. The zero value of every
+// field but URL means its documented default. mq.Open("amqp://...") fills
+// a Config from the URL with ParseURL.
+type Config struct {
+	// URL is the broker's address: amqp://user:pass@host:port/vhost (or
+	// amqps://). It may carry amqp091-go's own query parameters: heartbeat,
+	// connection_timeout, channel_max, auth_mechanism, certfile, keyfile,
+	// cacertfile, server_name_indication. String and errors show it with
+	// the password replaced by "xxxxx".
+	URL string
+
+	// ExchangeType is the type of the exchange a topic becomes: "topic"
+	// (default; every group binds with "#") or "fanout".
+	ExchangeType string
+
+	// QueueType is the type of the queues of consumer groups: Classic
+	// (default) or Quorum. An existing queue keeps its type: declaring it
+	// with another fails with a PRECONDITION_FAILED error.
+	QueueType QueueType
+
+	// DisableDeclare stops the connection from declaring exchanges, queues
+	// and bindings, for brokers whose topology operators own. Producing to
+	// a missing exchange, or subscribing to a missing queue, then fails
+	// with a clear error.
+	DisableDeclare bool
+
+	// DisableUnroutedQueue stops declared topic exchanges from keeping the
+	// messages produced while the topic has no consumer group. By default
+	// each topic exchange gets an alternate exchange and queue, both named
+	// "<topic>.unrouted", that keep them. With DisableUnroutedQueue such a
+	// message fails Produce with ErrUnroutable. Changing this for an
+	// existing exchange fails with PRECONDITION_FAILED.
+	DisableUnroutedQueue bool
+
+	// Shards, when above 1, keeps per-key order across several consumer
+	// instances of a group: the group gets Shards queues fed by a
+	// consistent-hash exchange (plugin rabbitmq_consistent_hash_exchange),
+	// each with a single active consumer, and every member consumes all of
+	// them. See the package documentation for the trade-off. Default 1.
+	Shards int
+
+	// DeadLetterExchange, when set, makes the broker dead-letter rejected
+	// or expired messages of every group queue to this exchange (queue
+	// argument x-dead-letter-exchange). Unless DisableDeclare is set, the
+	// exchange is declared as a durable fanout exchange with a durable
+	// queue of the same name bound to it, so dead letters are kept. Use
+	// Conn.DeadLetter to reject failing messages to it.
+	DeadLetterExchange string
+
+	// DeliveryLimit sets x-delivery-limit on quorum queues: the broker
+	// dead-letters (or drops, without DeadLetterExchange) a message
+	// returned to the queue more than this many times. Zero leaves the
+	// broker's default (none on RabbitMQ 3, 20 on RabbitMQ 4).
+	DeliveryLimit int
+
+	// MaxMessageSize is the largest message (see mq.Message.Size) Produce
+	// sends; larger ones fail with mq.ErrMessageTooLarge before sending.
+	// Set it to the broker's max_message_size. Default
+	// DefaultMaxMessageSize.
+	MaxMessageSize int
+
+	// ConfirmWindow bounds the publishes one Produce keeps awaiting
+	// confirmation. Default DefaultConfirmWindow.
+	ConfirmWindow int
+
+	// Prefetch is the consumer prefetch (basic.qos) per queue. Default:
+	// the consumer's max in-flight (mq.WithMaxInFlight).
+	Prefetch int
+
+	// ReconnectBackoff and MaxReconnectBackoff bound the exponential wait
+	// between reconnection attempts. Defaults DefaultReconnectBackoff and
+	// DefaultMaxReconnectBackoff.
+	ReconnectBackoff    time.Duration
+	MaxReconnectBackoff time.Duration
+
+	// Logger receives reconnection events. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// ParseURL parses an amqp:// or amqps:// URL with this package's query
+// parameters into a Config:
+//
+//	exchange_type=topic|fanout   Config.ExchangeType
+//	queue_type=classic|quorum    Config.QueueType
+//	declare=true|false           false sets Config.DisableDeclare
+//	unrouted=keep|error          error sets Config.DisableUnroutedQueue
+//	shards=N                     Config.Shards
+//	dead_letter_exchange=NAME    Config.DeadLetterExchange
+//	delivery_limit=N             Config.DeliveryLimit
+//	max_message_size=N           Config.MaxMessageSize (bytes)
+//	confirm_window=N             Config.ConfirmWindow
+//	prefetch=N                   Config.Prefetch
+//	reconnect_backoff=DUR        Config.ReconnectBackoff
+//	max_reconnect_backoff=DUR    Config.MaxReconnectBackoff
+//
+// amqp091-go's parameters (heartbeat, connection_timeout, channel_max,
+// auth_mechanism, certfile, keyfile, cacertfile, server_name_indication)
+// stay in Config.URL. Any other parameter is an error wrapping
+// mq.ErrInvalidURL. Errors never contain the password.
+func ParseURL(rawURL string) (Config, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the URL, password included
+		}
+		return Config{}, fmt.Errorf("%w %q: %v", mq.ErrInvalidURL, mq.RedactURL(rawURL), err)
+	}
+	return configFromURL(u)
+}
+
+// amqpParams are the query parameters amqp091-go reads itself.
+var amqpParams = map[string]bool{
+	"heartbeat": true, "connection_timeout": true, "channel_max": true, "auth_mechanism": true,
+	"certfile": true, "keyfile": true, "cacertfile": true, "server_name_indication": true,
+}
+
+const knownParams = "exchange_type, queue_type, declare, unrouted, shards, dead_letter_exchange, delivery_limit, " +
+	"max_message_size, confirm_window, prefetch, reconnect_backoff, max_reconnect_backoff, and amqp091's " +
+	"heartbeat, connection_timeout, channel_max, auth_mechanism, certfile, keyfile, cacertfile, server_name_indication"
+
+func configFromURL(u *url.URL) (Config, error) {
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return Config{}, fmt.Errorf("%w %q: scheme must be amqp or amqps", mq.ErrInvalidURL, u.Redacted())
+	}
+	if u.Opaque != "" {
+		return Config{}, fmt.Errorf("%w %q: want amqp://host:port/vhost", mq.ErrInvalidURL, u.Redacted())
+	}
+	if u.Fragment != "" {
+		return Config{}, fmt.Errorf("%w %q: unexpected fragment", mq.ErrInvalidURL, u.Redacted())
+	}
+	var cfg Config
+	var errs []error
+	bad := func(name, v, want string) {
+		errs = append(errs, fmt.Errorf("%s=%q: want %s", name, v, want))
+	}
+	atoi := func(name, v string, min int) int {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < min {
+			bad(name, v, fmt.Sprintf("a whole number of at least %d", min))
+		}
+		return n
+	}
+	dur := func(name, v string) time.Duration {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			bad(name, v, "a positive duration such as 250ms or 5s")
+		}
+		return d
+	}
+	q := u.Query()
+	keep := url.Values{}
+	for name, vals := range q {
+		v := vals[len(vals)-1]
+		switch name {
+		case "exchange_type":
+			if v != "topic" && v != "fanout" {
+				bad(name, v, "topic or fanout")
+			}
+			cfg.ExchangeType = v
+		case "queue_type":
+			switch QueueType(v) {
+			case Classic, Quorum:
+				cfg.QueueType = QueueType(v)
+			default:
+				bad(name, v, "classic or quorum")
+			}
+		case "declare":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				bad(name, v, "true or false")
+			}
+			cfg.DisableDeclare = !b
+		case "unrouted":
+			switch v {
+			case "keep":
+			case "error":
+				cfg.DisableUnroutedQueue = true
+			default:
+				bad(name, v, "keep or error")
+			}
+		case "shards":
+			cfg.Shards = atoi(name, v, 1)
+		case "dead_letter_exchange":
+			if v == "" {
+				bad(name, v, "an exchange name")
+			}
+			cfg.DeadLetterExchange = v
+		case "delivery_limit":
+			cfg.DeliveryLimit = atoi(name, v, 1)
+		case "max_message_size":
+			cfg.MaxMessageSize = atoi(name, v, 1)
+		case "confirm_window":
+			cfg.ConfirmWindow = atoi(name, v, 1)
+		case "prefetch":
+			cfg.Prefetch = atoi(name, v, 1)
+		case "reconnect_backoff":
+			cfg.ReconnectBackoff = dur(name, v)
+		case "max_reconnect_backoff":
+			cfg.MaxReconnectBackoff = dur(name, v)
+		default:
+			if !amqpParams[name] {
+				errs = append(errs, fmt.Errorf("unknown parameter %q (known: %s)", name, knownParams))
+				continue
+			}
+			keep[name] = vals
+		}
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("%w %q: %w", mq.ErrInvalidURL, u.Redacted(), errors.Join(errs...))
+	}
+	au := *u
+	au.RawQuery = keep.Encode()
+	cfg.URL = au.String()
+	if err := cfg.check(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// check validates cfg and its URL (with amqp091's own parser).
+func (cfg *Config) check() error {
+	if cfg.URL == "" {
+		return fmt.Errorf("%w: rabbit: Config.URL is empty", mq.ErrInvalidURL)
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return fmt.Errorf("%w %q: malformed URL", mq.ErrInvalidURL, mq.RedactURL(cfg.URL))
+	}
+	if _, err := amqp.ParseURI(cfg.URL); err != nil {
+		// amqp091's messages name parameters and rules, not the URL.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return fmt.Errorf("%w %q: %v", mq.ErrInvalidURL, u.Redacted(), err)
+	}
+	switch {
+	case cfg.ExchangeType != "" && cfg.ExchangeType != "topic" && cfg.ExchangeType != "fanout":
+		return fmt.Errorf("%w: rabbit: ExchangeType %q: want topic or fanout", mq.ErrInvalidURL, cfg.ExchangeType)
+	case cfg.QueueType != "" && cfg.QueueType != Classic && cfg.QueueType != Quorum:
+		return fmt.Errorf("%w: rabbit: QueueType %q: want classic or quorum", mq.ErrInvalidURL, cfg.QueueType)
+	case cfg.Shards < 0 || cfg.DeliveryLimit < 0 || cfg.MaxMessageSize < 0 || cfg.ConfirmWindow < 0 || cfg.Prefetch < 0:
+		return fmt.Errorf("%w: rabbit: Shards, DeliveryLimit, MaxMessageSize, ConfirmWindow and Prefetch must not be negative", mq.ErrInvalidURL)
+	case cfg.ReconnectBackoff < 0 || cfg.MaxReconnectBackoff < 0:
+		return fmt.Errorf("%w: rabbit: reconnect backoffs must not be negative", mq.ErrInvalidURL)
+	case cfg.DeliveryLimit > 0 && cfg.queueType() != Quorum:
+		return fmt.Errorf("%w: rabbit: delivery_limit needs queue_type=quorum (classic queues keep no delivery count)", mq.ErrInvalidURL)
+	}
+	return nil
+}
+
+func (cfg *Config) withDefaults() Config {
+	c := *cfg
+	if c.ExchangeType == "" {
+		c.ExchangeType = "topic"
+	}
+	if c.QueueType == "" {
+		c.QueueType = Classic
+	}
+	if c.Shards == 0 {
+		c.Shards = 1
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if c.ConfirmWindow == 0 {
+		c.ConfirmWindow = DefaultConfirmWindow
+	}
+	if c.ReconnectBackoff == 0 {
+		c.ReconnectBackoff = DefaultReconnectBackoff
+	}
+	if c.MaxReconnectBackoff == 0 {
+		c.MaxReconnectBackoff = DefaultMaxReconnectBackoff
+	}
+	if c.MaxReconnectBackoff < c.ReconnectBackoff {
+		c.MaxReconnectBackoff = c.ReconnectBackoff
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+func (cfg *Config) queueType() QueueType {
+	if cfg.QueueType == "" {
+		return Classic
+	}
+	return cfg.QueueType
+}
+
+// redactedURL returns cfg.URL with the password replaced by "xxxxx".
+func (cfg Config) redactedURL() string { return mq.RedactURL(cfg.URL) }
+
+// String describes the configuration with the URL's password redacted.
+func (cfg Config) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "rabbit.Config{URL: %s", cfg.redactedURL())
+	if cfg.ExchangeType != "" {
+		fmt.Fprintf(&b, ", ExchangeType: %s", cfg.ExchangeType)
+	}
+	if cfg.QueueType != "" {
+		fmt.Fprintf(&b, ", QueueType: %s", cfg.QueueType)
+	}
+	if cfg.DisableDeclare {
+		b.WriteString(", DisableDeclare")
+	}
+	if cfg.DisableUnroutedQueue {
+		b.WriteString(", DisableUnroutedQueue")
+	}
+	if cfg.Shards > 1 {
+		fmt.Fprintf(&b, ", Shards: %d", cfg.Shards)
+	}
+	if cfg.DeadLetterExchange != "" {
+		fmt.Fprintf(&b, ", DeadLetterExchange: %s", cfg.DeadLetterExchange)
+	}
+	b.WriteString("}")
+	return b.String()
+}
+
+// GoString is String, so %#v does not print the password either.
+func (cfg Config) GoString() string { return cfg.String() }
+
+// LogValue makes slog log the configuration without the password.
+func (cfg Config) LogValue() slog.Value { return slog.StringValue(cfg.String()) }

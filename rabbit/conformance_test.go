@@ -1,0 +1,40 @@
+package rabbit_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/integration/testbed"
+	"github.com/mqkit/mq/mqtest"
+	_ "github.com/mqkit/mq/rabbit"
+)
+
+func TestMain(m *testing.M) { testbed.Main(m) }
+
+// openT opens a client to url and closes it when the test ends.
+func openT(t testing.TB, url string, opts ...mq.Option) *mq.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := mq.Open(ctx, url, opts...)
+	if err != nil {
+		t.Fatalf("mq.Open: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestConformance(t *testing.T) {
+	b := testbed.SharedRabbitMQ(t)
+	for _, qt := range []string{"classic", "quorum"} {
+		t.Run(qt, func(t *testing.T) {
+			mqtest.Run(t, mqtest.Harness{
+				Open:        func(t testing.TB) *mq.Client { return openT(t, b.URL+"?queue_type="+qt) },
+				Timeout:     30 * time.Second,
+				TopicPrefix: "mqtest-" + qt,
+			})
+		})
+	}
+}

@@ -1,0 +1,463 @@
+package rabbit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/mqkit/mq"
+)
+
+func init() {
+	mq.Register("amqp", driver{})
+	mq.Register("amqps", driver{})
+}
+
+type driver struct{}
+
+// Open implements mq.Driver.
+func (driver) Open(ctx context.Context, u *url.URL) (mq.Conn, error) {
+	cfg, err := configFromURL(u)
+	if err != nil {
+		return nil, err
+	}
+	return Dial(ctx, cfg)
+}
+
+// Errors of this package, checkable with errors.Is.
+var (
+	// ErrUnroutable is returned by Produce for a message the broker could
+	// not route to any queue (a mandatory publish it returned): the topic
+	// has no consumer group and Config.DisableUnroutedQueue is set, or
+	// operators' bindings do not match it.
+	ErrUnroutable = errors.New("rabbit: message unroutable")
+
+	// ErrNacked is returned by Produce for a message the broker refused
+	// with a negative publisher confirm.
+	ErrNacked = errors.New("rabbit: message nacked by the broker")
+
+	// ErrNotFound is returned when an exchange or queue does not exist and
+	// Config.DisableDeclare is set.
+	ErrNotFound = errors.New("rabbit: not found")
+)
+
+// Conn is a self-healing connection to RabbitMQ. It implements mq.Conn
+// (wrap it with mq.NewClient, or get it from mq.Open's Client.Conn) and
+// mq.Sizer, and adds Lag and DeadLetter. It is safe for concurrent use.
+//
+// It keeps two AMQP connections, dialed again with backoff whenever they
+// drop: one for publishing (a pool of channels in confirm mode) and one,
+// dialed on first Subscribe, for consuming, so that broker flow control on
+// publishers never delays consumers' acknowledgements.
+type Conn struct {
+	cfg      Config
+	redacted string
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+
+	pub *link
+	sub *link
+
+	poolMu sync.Mutex
+	pool   []*pubChan // idle publishing channels
+
+	mu      sync.Mutex
+	subs    map[*subscription]struct{}
+	live    map[*mq.Message]*delivery // unsettled deliveries, for DeadLetter
+	closed  bool
+	closeMu sync.Mutex
+
+	tags atomic.Uint64 // numbers consumer tags
+
+	bg sync.WaitGroup // calls abandoned to a blocked or hung broker
+}
+
+// Dial connects to the broker of cfg.URL and returns a connection. It
+// fails if the broker cannot be reached before ctx ends; once connected,
+// the connection recovers from broker restarts and network failures by
+// itself until Close.
+func Dial(ctx context.Context, cfg Config) (*Conn, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	c := &Conn{
+		cfg:      cfg,
+		redacted: cfg.redactedURL(),
+		subs:     map[*subscription]struct{}{},
+		live:     map[*mq.Message]*delivery{},
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.pub = newLink(c, "publish")
+	c.sub = newLink(c, "consume")
+	if _, err := c.pub.get(ctx); err != nil {
+		c.cancel()
+		return nil, err
+	}
+	return c, nil
+}
+
+// String returns the broker URL with its password redacted.
+func (c *Conn) String() string { return "rabbit " + c.redacted }
+
+// Config returns the connection's configuration with defaults filled in.
+func (c *Conn) Config() Config { return c.cfg }
+
+// MaxMessageBytes implements mq.Sizer: Config.MaxMessageSize.
+func (c *Conn) MaxMessageBytes() int { return c.cfg.MaxMessageSize }
+
+// Close closes every subscription and both AMQP connections. Sends in
+// progress fail with mq.ErrClosed. Close is idempotent and safe to call
+// concurrently.
+func (c *Conn) Close() error {
+	c.closeMu.Lock()
+	defer c.closeMu.Unlock()
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	subs := make([]*subscription, 0, len(c.subs))
+	for s := range c.subs {
+		subs = append(subs, s)
+	}
+	c.mu.Unlock()
+	c.cancel()
+	c.poolMu.Lock()
+	c.pool = nil
+	c.poolMu.Unlock()
+	// Closing the connections first ends any call stuck on a hung broker;
+	// the broker requeues what the subscriptions held.
+	c.pub.close()
+	c.sub.close()
+	for _, s := range subs {
+		_ = s.Close()
+	}
+	c.bg.Wait() // they fail now that the connections are closed
+	return nil
+}
+
+// call runs fn, which makes AMQP calls that take no context, and waits
+// for it, for ctx to end, or for Close. A broker that blocks publishers (a
+// resource alarm) stops reading their connection, so such calls can wait
+// for as long as the alarm lasts: the caller then gets ctx's error, and fn
+// finishes in the background when the broker answers or Close closes the
+// connection.
+//
+// fn hands over what it made by calling keep from inside commit: commit
+// runs keep and returns true unless the caller has given up, in which case
+// fn must release what it made.
+func (c *Conn) call(ctx context.Context, fn func(commit func(keep func()) bool) error) error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return mq.ErrClosed
+	}
+	c.bg.Add(1)
+	c.mu.Unlock()
+	var mu sync.Mutex
+	gone, committed := false, false
+	commit := func(keep func()) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if gone {
+			return false
+		}
+		keep()
+		committed = true
+		return true
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer c.bg.Done()
+		done <- fn(commit)
+	}()
+	var err error
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-c.ctx.Done():
+		err = mq.ErrClosed
+	}
+	mu.Lock()
+	gone = true
+	kept := committed
+	mu.Unlock()
+	if kept {
+		return <-done // fn handed over its result already and is returning
+	}
+	return err
+}
+
+// closeChannel closes ch without waiting for the broker's answer.
+func (c *Conn) closeChannel(ch *amqp.Channel) {
+	now, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = c.call(now, func(func(func()) bool) error { return ch.Close() })
+}
+
+func (c *Conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// backoff returns the wait before reconnection attempt n (from 1).
+func (c *Conn) backoff(n int) time.Duration {
+	d := c.cfg.ReconnectBackoff
+	for i := 1; i < n && d < c.cfg.MaxReconnectBackoff; i++ {
+		d *= 2
+	}
+	return min(d, c.cfg.MaxReconnectBackoff)
+}
+
+// sleep waits d, or until ctx ends or c closes.
+func (c *Conn) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-c.ctx.Done():
+		return mq.ErrClosed
+	}
+}
+
+// link is one AMQP connection, dialed again on demand after it drops.
+type link struct {
+	c    *Conn
+	name string
+	sem  chan struct{} // held while dialing or reading conn
+
+	mu       sync.Mutex // guards the fields below
+	conn     *amqp.Connection
+	gen      uint64
+	declared map[string]bool // exchanges declared on conn
+	closed   bool
+	// unblocked is non-nil while the broker blocks publishing on conn (a
+	// memory or disk alarm), and closed when it stops.
+	unblocked chan struct{}
+}
+
+func newLink(c *Conn, name string) *link {
+	return &link{c: c, name: name, sem: make(chan struct{}, 1)}
+}
+
+// get returns the link's open connection, dialing it if needed.
+func (l *link) get(ctx context.Context) (*amqp.Connection, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-l.c.ctx.Done():
+		return nil, mq.ErrClosed
+	}
+	defer func() { <-l.sem }()
+	l.mu.Lock()
+	conn, closed := l.conn, l.closed
+	l.mu.Unlock()
+	if closed {
+		return nil, mq.ErrClosed
+	}
+	if conn != nil && !conn.IsClosed() {
+		return conn, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(l.c.ctx, cancel)
+	defer stop()
+	conn, err := l.dial(ctx)
+	if err != nil {
+		if l.c.ctx.Err() != nil {
+			return nil, mq.ErrClosed
+		}
+		return nil, fmt.Errorf("rabbit: connect to %s: %w", l.c.redacted, err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		_ = conn.Close()
+		return nil, mq.ErrClosed
+	}
+	if l.gen > 0 {
+		l.c.cfg.Logger.Info("rabbit: reconnected", "connection", l.name, "broker", l.c.redacted)
+	}
+	l.conn = conn
+	l.gen++
+	l.declared = map[string]bool{}
+	l.setBlocked(false)
+	// The watcher ends when conn closes (amqp091 closes the channel).
+	go l.watchBlocked(conn, conn.NotifyBlocked(make(chan amqp.Blocking, 1)))
+	return conn, nil
+}
+
+// watchBlocked tracks connection.blocked / unblocked, so that a Send
+// waits for an alarm to clear within its context instead of blocking in a
+// socket write the broker no longer reads.
+func (l *link) watchBlocked(conn *amqp.Connection, events <-chan amqp.Blocking) {
+	for b := range events {
+		l.mu.Lock()
+		if l.conn == conn {
+			l.setBlocked(b.Active)
+		}
+		l.mu.Unlock()
+		if b.Active {
+			l.c.cfg.Logger.Warn("rabbit: broker blocks publishing", "connection", l.name, "reason", b.Reason)
+		} else {
+			l.c.cfg.Logger.Info("rabbit: broker unblocked publishing", "connection", l.name)
+		}
+	}
+	l.mu.Lock()
+	if l.conn == conn || l.conn == nil {
+		l.setBlocked(false)
+	}
+	l.mu.Unlock()
+}
+
+// setBlocked records whether publishing is blocked. l.mu is held.
+func (l *link) setBlocked(blocked bool) {
+	switch {
+	case blocked && l.unblocked == nil:
+		l.unblocked = make(chan struct{})
+	case !blocked && l.unblocked != nil:
+		close(l.unblocked)
+		l.unblocked = nil
+	}
+}
+
+// waitUnblocked waits while the broker blocks publishing.
+func (l *link) waitUnblocked(ctx context.Context) error {
+	l.mu.Lock()
+	ch := l.unblocked
+	l.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("rabbit: the broker blocks publishing (resource alarm): %w", ctx.Err())
+	case <-l.c.ctx.Done():
+		return mq.ErrClosed
+	}
+}
+
+// dial opens an AMQP connection, bounded by ctx.
+func (l *link) dial(ctx context.Context) (*amqp.Connection, error) {
+	uri, err := amqp.ParseURI(l.c.cfg.URL) // checked by Config.check
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", mq.ErrInvalidURL, err)
+	}
+	timeout := 30 * time.Second
+	if uri.ConnectionTimeout > 0 {
+		timeout = time.Duration(uri.ConnectionTimeout) * time.Millisecond
+	}
+	var stop func() bool
+	cfg := amqp.Config{
+		Properties: amqp.Table{"connection_name": "mqkit " + l.name, "product": "mqkit"},
+		Dial: func(network, addr string) (net.Conn, error) {
+			var d net.Dialer
+			dctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			nc, err := d.DialContext(dctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// The handshake is bounded by the timeout and by ctx.
+			_ = nc.SetDeadline(time.Now().Add(timeout))
+			stop = context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+			return nc, nil
+		},
+	}
+	conn, err := amqp.DialConfig(l.c.cfg.URL, cfg)
+	if stop != nil && !stop() {
+		// ctx ended during the handshake: its deadline may have broken
+		// the connection.
+		if err == nil {
+			_ = conn.Close()
+		}
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, err
+	}
+	return conn, nil
+}
+
+func (l *link) close() {
+	l.mu.Lock()
+	conn := l.conn
+	l.closed = true
+	l.conn = nil
+	l.mu.Unlock()
+	if conn != nil {
+		_ = conn.CloseDeadline(time.Now().Add(5 * time.Second))
+	}
+}
+
+// isDeclared reports whether exchange name was declared on conn.
+func (l *link) isDeclared(conn *amqp.Connection, name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conn == conn && l.declared[name]
+}
+
+func (l *link) setDeclared(conn *amqp.Connection, name string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == conn {
+		l.declared[name] = true
+	}
+}
+
+// retriable reports whether an operation that failed with err may succeed
+// on a new channel or connection: the connection or channel dropped, as
+// opposed to the broker refusing the operation (a missing exchange, a
+// precondition, access).
+func retriable(err error) bool {
+	for _, e := range []error{ErrUnroutable, ErrNacked, ErrNotFound, mq.ErrInvalidMessage, mq.ErrMessageTooLarge} {
+		if errors.Is(err, e) {
+			return false
+		}
+	}
+	var ae *amqp.Error
+	if !errors.As(err, &ae) {
+		return !errors.Is(err, mq.ErrClosed) && !errors.Is(err, mq.ErrInvalidURL) &&
+			!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
+	switch ae.Code {
+	case amqp.ContentTooLarge, amqp.NoRoute, amqp.NoConsumers, amqp.AccessRefused, amqp.NotFound,
+		amqp.ResourceLocked, amqp.PreconditionFailed, amqp.NotAllowed, amqp.NotImplemented,
+		amqp.InvalidPath, amqp.CommandInvalid, amqp.SyntaxError:
+		return false
+	}
+	return true
+}
+
+// describe turns a broker error into a clear one: ErrNotFound for a
+// missing exchange or queue.
+func describe(err error, what string) error {
+	var ae *amqp.Error
+	if errors.As(err, &ae) && ae.Code == amqp.NotFound {
+		return fmt.Errorf("%w: %s does not exist: %w", ErrNotFound, what, err)
+	}
+	return err
+}
