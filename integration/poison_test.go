@@ -24,7 +24,7 @@ func TestPoisonMessagesDeadLetteredOnce(t *testing.T) {
 	}
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
-			b := tg.start(t)
+			b := tg.shared(t)
 			c := open(t, withParams(t, b.URL, tg.params))
 			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()

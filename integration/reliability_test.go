@@ -26,17 +26,20 @@ import (
 	_ "github.com/mqkit/mq/redisstream"
 )
 
+func TestMain(m *testing.M) { testbed.Main(m) }
+
 // target is a broker kind and the URL parameters the tests use with it.
 type target struct {
 	name   string
-	start  func(testing.TB, ...testbed.Option) *testbed.Broker
+	start  func(testing.TB, ...testbed.Option) *testbed.Broker // a broker of the test's own
+	shared func(testing.TB) *testbed.Broker                    // the test binary's broker
 	params url.Values
 }
 
 var targets = []target{
-	{"kafka", testbed.Kafka, url.Values{"create_topics": {"true"}, "partitions": {"3"}, "session_timeout": {"6s"}, "drain_timeout": {"5s"}}},
-	{"rabbitmq", testbed.RabbitMQ, url.Values{}},
-	{"redis", testbed.Redis, url.Values{"claim_idle": {"3s"}}},
+	{"kafka", testbed.Kafka, testbed.SharedKafka, url.Values{"create_topics": {"true"}, "partitions": {"3"}, "session_timeout": {"6s"}, "drain_timeout": {"5s"}}},
+	{"rabbitmq", testbed.RabbitMQ, testbed.SharedRabbitMQ, url.Values{}},
+	{"redis", testbed.Redis, testbed.SharedRedis, url.Values{"claim_idle": {"3s"}}},
 }
 
 // withParams adds params to a broker URL.
@@ -221,7 +224,7 @@ func TestConsumerCrashLosesNothing(t *testing.T) {
 	}
 	for _, tg := range targets {
 		t.Run(tg.name, func(t *testing.T) {
-			b := tg.start(t)
+			b := tg.shared(t)
 			u := withParams(t, b.URL, tg.params)
 			c := open(t, u)
 			topic := "crash-" + mq.NewID()
