@@ -183,7 +183,6 @@ func (b *Broker) topic(name string, create bool) (*topic, error) {
 type entry struct {
 	seq  uint64
 	msg  mq.Message // Topic and Timestamp set; Attempt not used
-	size int
 }
 
 type topic struct {
