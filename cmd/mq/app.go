@@ -51,6 +51,7 @@ var commands = []command{
 	{"dlq", "list|redrive|ensure -topic T [flags]", "inspect and redrive dead letters", (*app).dlq},
 	{"lag", "-topic T -group G", "show how far a consumer group is behind", (*app).lag},
 	{"demo", "[-orders N] [-seed S]", "run an order pipeline with retries, dedup and a DLQ", (*app).demo},
+	{"bench", "[-n N] [-size S] [-producers C] [-batch B] [-concurrency K] [-keys N] [-mode produce|consume|mixed|all] [-bare] [-handler-sleep D]", "measure throughput, latency and memory (SDK vs bare driver)", (*app).bench},
 }
 
 func (a *app) usage() {

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/bench"
+)
+
+// bench runs a produce/consume workload through the SDK (and, with -bare,
+// through the bare driver of the same broker) and prints a table of
+// throughput, latency and memory, with the SDK/bare ratios.
+func (a *app) bench(ctx context.Context, args []string) int {
+	fs := a.flags("bench")
+	url := a.urlFlag(fs)
+	n := fs.Int("n", 100000, "messages per phase")
+	size := fs.Int("size", 1024, "body bytes per message (at least 16)")
+	producers := fs.Int("producers", 4, "goroutines producing at once")
+	batch := fs.Int("batch", 100, "messages per Produce call")
+	conc := fs.Int("concurrency", 32, "consumer handler concurrency")
+	keys := fs.Int("keys", 1000, "distinct message keys (0: messages without keys)")
+	modeName := fs.String("mode", "all", "phases: produce, consume (produce then consume), mixed (both at once) or all")
+	bare := fs.Bool("bare", false, "also run the workload through the bare driver (kafka, amqp, redis) and print SDK/bare ratios")
+	sleep := fs.Duration("handler-sleep", 0, "time the handler sleeps per message (simulated work)")
+	runs := fs.Int("runs", 1, "runs of each system, alternating; the table shows medians")
+	timeout := fs.Duration("timeout", 5*time.Minute, "bound of each phase")
+	quiet := fs.Bool("quiet", false, "no progress line on stderr")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole command to `file` (without -bare it profiles the SDK alone)")
+	fs.Usage = func() {
+		fmt.Fprintf(a.stderr, "usage: mq bench [flags]\n\nProduces -n messages of -size bytes with -producers goroutines in batches of\n-batch, then consumes them as one group at -concurrency, and reports msg/s,\nMB/s, p50/p99 latency (of a Produce call; end to end in mixed mode) and peak\nmemory. Each run uses new topics. kafka:// URLs get create_topics=true.\n\n")
+		fs.PrintDefaults()
+	}
+	if code, ok := a.parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return a.usageErr(fs, "unexpected arguments %q", fs.Args())
+	}
+	mode, err := bench.ParseMode(*modeName)
+	if err != nil {
+		return a.usageErr(fs, "%v", err)
+	}
+	if *keys < 0 || *runs < 1 {
+		return a.usageErr(fs, "-keys must not be negative and -runs must be at least 1")
+	}
+	w := bench.Workload{
+		Messages: *n, Size: *size, Producers: *producers, Batch: *batch,
+		Concurrency: *conc, Keys: *keys, DisableKeys: *keys == 0,
+		HandlerSleep: *sleep, Timeout: *timeout,
+	}
+	if w.DisableKeys {
+		w.Keys = 1
+	}
+	if err := w.Defaults().Validate(); err != nil {
+		return a.usageErr(fs, "%v", err)
+	}
+	if !*quiet {
+		w.Progress = a.stderr
+	}
+	logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	systems := []bench.System{bench.SDK{URL: *url, Connect: a.open, Options: []mq.Option{mq.WithLogger(logger)}}}
+	if *bare {
+		b, err := bench.Bare(*url)
+		if err != nil {
+			a.fail("bench", err) // a malformed URL, or mem:// (no bare driver)
+			return exitUsage
+		}
+		systems = append(systems, b)
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			a.fail("bench", err)
+			return exitFailure
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			a.fail("bench", err)
+			return exitFailure
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	shown := *url
+	if strings.Contains(shown, "@") {
+		shown = mq.RedactURL(shown)
+	}
+	fmt.Fprintf(a.stdout, "mq bench %s: %d messages of %d bytes, %d producers × batch %d, concurrency %d, %s, handler sleep %v, mode %s, %d run(s), GOMAXPROCS %d\n\n",
+		shown, *n, *size, *producers, *batch, *conc, keysText(*keys), *sleep, mode, *runs, runtime.GOMAXPROCS(0))
+	var all []bench.Result
+	for range *runs {
+		for _, s := range systems {
+			rs, err := bench.Run(ctx, s, w, mode)
+			all = append(all, rs...)
+			if err != nil {
+				a.fail("bench", err)
+				if len(all) > 0 {
+					_ = bench.WriteTable(a.stdout, bench.Summarize(all))
+				}
+				return exitFailure
+			}
+		}
+	}
+	sum := bench.Summarize(all)
+	if err := bench.WriteTable(a.stdout, sum); err != nil {
+		return exitFailure
+	}
+	if *bare {
+		fmt.Fprintln(a.stdout)
+		_ = bench.WriteRatios(a.stdout, sum, "sdk")
+	}
+	return exitOK
+}
+
+func keysText(keys int) string {
+	if keys == 0 {
+		return "no keys"
+	}
+	return fmt.Sprintf("%d keys", keys)
+}
