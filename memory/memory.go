@@ -181,8 +181,8 @@ func (b *Broker) topic(name string, create bool) (*topic, error) {
 
 // entry is one produced message, shared read-only by every group.
 type entry struct {
-	seq  uint64
-	msg  mq.Message // Topic and Timestamp set; Attempt not used
+	seq uint64
+	msg mq.Message // Topic and Timestamp set; Attempt not used
 }
 
 type topic struct {
