@@ -429,7 +429,9 @@ func (s *subscription) toMessage(d *amqp.Delivery) *mq.Message {
 			m.Key = headerString(v)
 			continue
 		case headerDeliveryCount:
-			if n, ok := headerInt(v); ok {
+			// Quorum queues count earlier deliveries; a value that is not a
+			// sane count (from a foreign publisher) is ignored.
+			if n, ok := headerInt(v); ok && n >= 0 && n < 1<<31-1 {
 				m.Attempt = int(n) + 1
 			}
 			continue
