@@ -1,0 +1,87 @@
+package integration_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mqkit/mq"
+	"github.com/redis/go-redis/v9"
+)
+
+// TestCredentials: the right user and password work, a wrong password is
+// a clear error, and no error ever shows the password. (Kafka's SASL
+// mechanisms are tested in package kafka.)
+func TestCredentials(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs real brokers")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	t.Run("redis-acl-user", func(t *testing.T) {
+		b := targets[2].shared(t)
+		admin := redis.NewClient(&redis.Options{Addr: b.Addr})
+		defer admin.Close()
+		const pw = "alice-Redis-pw-9"
+		if err := admin.Do(ctx, "ACL", "SETUSER", "alice", "on", ">"+pw, "~*", "&*", "+@all").Err(); err != nil {
+			t.Fatalf("ACL SETUSER: %v", err)
+		}
+		good := "redis://alice:" + pw + "@" + b.Addr + "/0"
+		roundTrip(ctx, t, good)
+		checkRefused(ctx, t, "redis://alice:Wr0ng-"+pw+"@"+b.Addr+"/0", pw, "WRONGPASS")
+	})
+	t.Run("rabbitmq-user", func(t *testing.T) {
+		b := targets[1].shared(t)
+		roundTrip(ctx, t, "amqp://guest:guest@"+b.Addr+"/")
+		checkRefused(ctx, t, "amqp://guest:Wr0ng-guest-pw@"+b.Addr+"/", "Wr0ng-guest-pw", "username or password not allowed")
+	})
+}
+
+func roundTrip(ctx context.Context, t *testing.T, rawURL string) {
+	t.Helper()
+	c, err := mq.Open(ctx, rawURL)
+	if err != nil {
+		t.Fatalf("open with the right credentials: %v", err)
+	}
+	defer c.Close()
+	topic := "auth-" + mq.NewID()
+	cons, err := c.Consumer(ctx, topic, mq.WithGroup("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Producer().Produce(ctx, topic, &mq.Message{ID: "authed"}); err != nil {
+		t.Fatal(err)
+	}
+	cctx, stop := context.WithCancel(ctx)
+	var got string
+	_ = cons.Consume(cctx, mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+		got = m.ID
+		stop()
+		return nil
+	}))
+	if got != "authed" {
+		t.Fatalf("consumed %q, want authed", got)
+	}
+}
+
+func checkRefused(ctx context.Context, t *testing.T, rawURL, secret, want string) {
+	t.Helper()
+	c, err := mq.Open(ctx, rawURL)
+	if err == nil {
+		// Some clients connect lazily: the first operation must fail then.
+		err = c.Producer().Produce(ctx, "auth-"+mq.NewID(), &mq.Message{})
+		_ = c.Close()
+	}
+	if err == nil {
+		t.Fatal("a wrong password was accepted")
+	}
+	if !strings.Contains(err.Error(), want) {
+		t.Errorf("wrong password error %q does not say %s", err, want)
+	}
+	if strings.Contains(err.Error(), secret) {
+		t.Errorf("error shows the password: %v", err)
+	}
+	t.Logf("wrong password: %v", err)
+}
