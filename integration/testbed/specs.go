@@ -167,6 +167,25 @@ func addKafkaSASL(req *testcontainers.ContainerRequest, addr string, plainUsers 
 	env["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG"] = scram
 }
 
+// addKafkaTLS adds an SSL listener at addr to a Kafka request, with the
+// key and certificates of dir/server.pem (mounted at /mq-tls).
+func addKafkaTLS(req *testcontainers.ContainerRequest, addr, dir string) {
+	env := req.Env
+	env["KAFKA_LISTENERS"] += ",SSL://" + addr
+	env["KAFKA_ADVERTISED_LISTENERS"] += ",SSL://" + addr
+	env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] += ",SSL:SSL"
+	env["KAFKA_SSL_KEYSTORE_TYPE"] = "PEM"
+	env["KAFKA_SSL_KEYSTORE_LOCATION"] = "/mq-tls/server.pem"
+	env["KAFKA_SSL_CLIENT_AUTH"] = "none"
+	prev := req.HostConfigModifier
+	req.HostConfigModifier = func(hc *container.HostConfig) {
+		if prev != nil {
+			prev(hc)
+		}
+		hc.Binds = append(hc.Binds, dir+":/mq-tls:ro")
+	}
+}
+
 func redisReady(ctx context.Context, b *Broker) error {
 	c := redis.NewClient(&redis.Options{
 		Addr:            b.Addr,

@@ -43,6 +43,9 @@ type Broker struct {
 	// SASLAddr is the address of the SASL_PLAINTEXT listener that
 	// WithKafkaSASL adds ("" without it).
 	SASLAddr string
+	// TLSAddr is the address of the SSL listener that WithKafkaTLS adds
+	// ("" without it).
+	TLSAddr string
 
 	spec *spec
 	ctr  testcontainers.Container
@@ -59,6 +62,16 @@ type Option func(*options)
 type options struct {
 	env       map[string]string
 	kafkaSASL map[string]string // PLAIN users; nil: no SASL listener
+	kafkaTLS  string            // directory holding server.pem; "": no SSL listener
+}
+
+// WithKafkaTLS gives a Kafka broker a TLS listener on 127.0.0.1 (its
+// address in Broker.TLSAddr). dir is a host directory, mounted read-only in
+// the container, holding server.pem: the server's unencrypted PKCS#8 private
+// key followed by its certificate chain, in PEM. It has no effect on other
+// brokers.
+func WithKafkaTLS(dir string) Option {
+	return func(o *options) { o.kafkaTLS = dir }
 }
 
 // WithKafkaSASL gives a Kafka broker a second listener, SASL_PLAINTEXT on
@@ -194,6 +207,15 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		saslAddr = fmt.Sprintf("127.0.0.1:%d", sport)
 		addKafkaSASL(&req, saslAddr, o.kafkaSASL)
 	}
+	tlsAddr := ""
+	if sp.kind == KindKafka && o.kafkaTLS != "" {
+		tport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
+		addKafkaTLS(&req, tlsAddr, o.kafkaTLS)
+	}
 	for k, v := range o.env {
 		if req.Env == nil {
 			req.Env = map[string]string{}
@@ -215,7 +237,7 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		Logger:           logger,
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	b := &Broker{Kind: sp.kind, URL: sp.url(addr), Addr: addr, Image: image, SASLAddr: saslAddr, spec: sp, ctr: ctr}
+	b := &Broker{Kind: sp.kind, URL: sp.url(addr), Addr: addr, Image: image, SASLAddr: saslAddr, TLSAddr: tlsAddr, spec: sp, ctr: ctr}
 	if err != nil {
 		err = fmt.Errorf("start %s container from %s: %w", sp.kind, image, err)
 		if ctr != nil {
