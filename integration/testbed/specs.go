@@ -186,6 +186,26 @@ func addKafkaTLS(req *testcontainers.ContainerRequest, addr, dir string) {
 	}
 }
 
+// addRedisTLS adds a TLS port (6380 in the container, hostPort on
+// 127.0.0.1) to a Redis request, with the certificates of dir (mounted at
+// /mq-tls).
+func addRedisTLS(req *testcontainers.ContainerRequest, hostPort int, dir string) {
+	req.Cmd = append(req.Cmd, "--tls-port", "6380", "--tls-cert-file", "/mq-tls/server.crt",
+		"--tls-key-file", "/mq-tls/server.key", "--tls-ca-cert-file", "/mq-tls/ca.crt", "--tls-auth-clients", "no")
+	req.ExposedPorts = append(req.ExposedPorts, "6380/tcp")
+	prev := req.HostConfigModifier
+	req.HostConfigModifier = func(hc *container.HostConfig) {
+		if prev != nil {
+			prev(hc)
+		}
+		hc.PortBindings[network.MustParsePort("6380/tcp")] = []network.PortBinding{{
+			HostIP:   netip.MustParseAddr("127.0.0.1"),
+			HostPort: strconv.Itoa(hostPort),
+		}}
+		hc.Binds = append(hc.Binds, dir+":/mq-tls:ro")
+	}
+}
+
 func redisReady(ctx context.Context, b *Broker) error {
 	c := redis.NewClient(&redis.Options{
 		Addr:            b.Addr,

@@ -43,8 +43,8 @@ type Broker struct {
 	// SASLAddr is the address of the SASL_PLAINTEXT listener that
 	// WithKafkaSASL adds ("" without it).
 	SASLAddr string
-	// TLSAddr is the address of the SSL listener that WithKafkaTLS adds
-	// ("" without it).
+	// TLSAddr is the address of the TLS listener that WithKafkaTLS or
+	// WithRedisTLS adds ("" without one).
 	TLSAddr string
 
 	spec *spec
@@ -63,6 +63,15 @@ type options struct {
 	env       map[string]string
 	kafkaSASL map[string]string // PLAIN users; nil: no SASL listener
 	kafkaTLS  string            // directory holding server.pem; "": no SSL listener
+	redisTLS  string            // directory holding server.crt, server.key, ca.crt; "": no TLS port
+}
+
+// WithRedisTLS gives a Redis server a TLS port besides its plain one (its
+// address in Broker.TLSAddr). dir is a host directory, mounted read-only in
+// the container, holding server.crt, server.key and ca.crt in PEM. Clients
+// are not asked for certificates. It has no effect on other brokers.
+func WithRedisTLS(dir string) Option {
+	return func(o *options) { o.redisTLS = dir }
 }
 
 // WithKafkaTLS gives a Kafka broker a TLS listener on 127.0.0.1 (its
@@ -215,6 +224,14 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		}
 		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
 		addKafkaTLS(&req, tlsAddr, o.kafkaTLS)
+	}
+	if sp.kind == KindRedis && o.redisTLS != "" {
+		tport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
+		addRedisTLS(&req, tport, o.redisTLS)
 	}
 	for k, v := range o.env {
 		if req.Env == nil {
