@@ -149,7 +149,10 @@ type Consumer interface {
 	//
 	// It returns nil after ctx was cancelled or Close was called, and an
 	// error otherwise. Consume may be called again after it returns, but
-	// not concurrently with itself.
+	// not concurrently with itself. Between calls the consumer stays a
+	// member of its group, and on some brokers (Kafka) the share of the
+	// topic assigned to it waits for it: Close a consumer that will not
+	// consume again.
 	Consume(ctx context.Context, h Handler) error
 
 	// Close stops a running Consume (as cancelling its context does), waits

@@ -552,6 +552,11 @@ func (s *suite) testGracefulShutdown(t *testing.T) {
 	default:
 		t.Fatal("Consume returned before the running handler finished")
 	}
+	// A service shutting down closes its consumer too: it leaves the group
+	// (on Kafka, a member that stays holds its partitions).
+	if err := r.cons.Close(); err != nil {
+		t.Errorf("Close after graceful shutdown: %v", err)
+	}
 
 	// The finished message was acknowledged: a new member does not get it
 	// again, while it does get a later one.
