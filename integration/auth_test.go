@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/integration/testbed"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -84,4 +85,28 @@ func checkRefused(ctx context.Context, t *testing.T, rawURL, secret, want string
 		t.Errorf("error shows the password: %v", err)
 	}
 	t.Logf("wrong password: %v", err)
+}
+
+// TestRabbitMQTLS: amqps:// against a real RabbitMQ TLS listener with
+// certificates made by the test; a client trusting another CA gets a clear
+// error.
+func TestRabbitMQTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs real brokers")
+	}
+	certs := testbed.WriteCerts(t, "mq test CA")
+	other := testbed.WriteCerts(t, "some other CA")
+	b := testbed.RabbitMQ(t, testbed.WithRabbitMQTLS(certs.Dir))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	roundTrip(ctx, t, "amqps://guest:guest@"+b.TLSAddr+"/?cacertfile="+certs.CAFile)
+	c, err := mq.Open(ctx, "amqps://guest:guest@"+b.TLSAddr+"/?cacertfile="+other.CAFile)
+	if err == nil {
+		_ = c.Close()
+		t.Fatal("a client trusting another CA connected")
+	}
+	if !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("wrong CA error does not mention the certificate: %v", err)
+	}
+	t.Logf("wrong CA: %v", err)
 }

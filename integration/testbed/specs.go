@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -204,6 +206,44 @@ func addRedisTLS(req *testcontainers.ContainerRequest, hostPort int, dir string)
 		}}
 		hc.Binds = append(hc.Binds, dir+":/mq-tls:ro")
 	}
+}
+
+// rabbitTLSConf is the configuration of a RabbitMQ with a TLS listener: the
+// local image's settings plus the listener.
+const rabbitTLSConf = `loopback_users = none
+log.console = true
+log.console.level = info
+log.file = false
+listeners.tcp.default = 5672
+listeners.ssl.default = 5671
+ssl_options.cacertfile = /mq-tls/ca.crt
+ssl_options.certfile = /mq-tls/server.crt
+ssl_options.keyfile = /mq-tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+`
+
+// addRabbitTLS adds a TLS listener (5671 in the container, hostPort on
+// 127.0.0.1) to a RabbitMQ request, with the certificates of dir (mounted
+// at /mq-tls), where it writes the configuration file too.
+func addRabbitTLS(req *testcontainers.ContainerRequest, hostPort int, dir string) error {
+	if err := os.WriteFile(filepath.Join(dir, "rabbitmq-tls.conf"), []byte(rabbitTLSConf), 0o644); err != nil {
+		return fmt.Errorf("testbed: RabbitMQ TLS configuration: %w", err)
+	}
+	req.Env["RABBITMQ_CONFIG_FILE"] = "/mq-tls/rabbitmq-tls.conf"
+	req.ExposedPorts = append(req.ExposedPorts, "5671/tcp")
+	prev := req.HostConfigModifier
+	req.HostConfigModifier = func(hc *container.HostConfig) {
+		if prev != nil {
+			prev(hc)
+		}
+		hc.PortBindings[network.MustParsePort("5671/tcp")] = []network.PortBinding{{
+			HostIP:   netip.MustParseAddr("127.0.0.1"),
+			HostPort: strconv.Itoa(hostPort),
+		}}
+		hc.Binds = append(hc.Binds, dir+":/mq-tls:ro")
+	}
+	return nil
 }
 
 func redisReady(ctx context.Context, b *Broker) error {

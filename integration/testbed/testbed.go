@@ -64,6 +64,16 @@ type options struct {
 	kafkaSASL map[string]string // PLAIN users; nil: no SASL listener
 	kafkaTLS  string            // directory holding server.pem; "": no SSL listener
 	redisTLS  string            // directory holding server.crt, server.key, ca.crt; "": no TLS port
+	rabbitTLS string            // the same for RabbitMQ
+}
+
+// WithRabbitMQTLS gives a RabbitMQ broker a TLS listener besides its plain
+// one (its address in Broker.TLSAddr), with the certificates of a
+// WriteCerts directory (server.crt, server.key, ca.crt), which it mounts
+// read-only and where it writes the broker's configuration file. Clients
+// are not asked for certificates. It has no effect on other brokers.
+func WithRabbitMQTLS(dir string) Option {
+	return func(o *options) { o.rabbitTLS = dir }
 }
 
 // WithRedisTLS gives a Redis server a TLS port besides its plain one (its
@@ -224,6 +234,16 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		}
 		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
 		addKafkaTLS(&req, tlsAddr, o.kafkaTLS)
+	}
+	if sp.kind == KindRabbitMQ && o.rabbitTLS != "" {
+		tport, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
+		if err := addRabbitTLS(&req, tport, o.rabbitTLS); err != nil {
+			return nil, err
+		}
 	}
 	if sp.kind == KindRedis && o.redisTLS != "" {
 		tport, err := freePort()
