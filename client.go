@@ -110,6 +110,7 @@ func (c *Client) Consumer(ctx context.Context, topic string, opts ...Option) (Co
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
+	o = o.resolved()
 	if topic == "" {
 		return nil, fmt.Errorf("%w: empty topic name", ErrInvalidMessage)
 	}
@@ -211,6 +212,13 @@ func (o *options) validate() error {
 	case o.maxMessageBytes < 0:
 		return fmt.Errorf("mq: max message bytes must not be negative, got %d", o.maxMessageBytes)
 	}
+	return nil
+}
+
+// resolved returns o with the defaults that depend on other options filled
+// in. It runs once all options of a consumer are known, so that
+// WithConcurrency(32) given to Client.Consumer still gets 4×32 in flight.
+func (o options) resolved() options {
 	if o.maxInFlight == 0 {
 		o.maxInFlight = max(4*o.concurrency, 16)
 	}
@@ -220,7 +228,7 @@ func (o *options) validate() error {
 	if o.maxNackBackoff < o.nackBackoff {
 		o.maxNackBackoff = o.nackBackoff
 	}
-	return nil
+	return o
 }
 
 // WithGroup sets the consumer group. Consumers in one group share the

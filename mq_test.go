@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"sort"
 	"strings"
@@ -226,4 +227,51 @@ func TestShuttingDownSignalsHandlers(t *testing.T) {
 	if !sawSignal || !ctxAlive {
 		t.Errorf("signal seen %v, handler context still alive %v; want both", sawSignal, ctxAlive)
 	}
+}
+
+// TestMaxInFlightFollowsConcurrency: the in-flight default is 4× the
+// concurrency given to Consumer, although Open already settled the other
+// defaults from the URL.
+func TestMaxInFlightFollowsConcurrency(t *testing.T) {
+	for _, tc := range []struct {
+		url          string
+		opts         []mq.Option
+		conc, flight int
+	}{
+		{"optstest://", []mq.Option{mq.WithConcurrency(32)}, 32, 128},
+		{"optstest://?concurrency=8", nil, 8, 32},
+		{"optstest://", nil, 1, 16},
+		{"optstest://?max_in_flight=10", []mq.Option{mq.WithConcurrency(20)}, 20, 20},
+		{"optstest://?concurrency=4&max_in_flight=100", nil, 4, 100},
+	} {
+		c, err := mq.Open(context.Background(), tc.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := c.Conn().(*optsConn)
+		if _, err := c.Consumer(context.Background(), "t", append(tc.opts, mq.WithGroup("g"))...); err != nil {
+			t.Fatal(err)
+		}
+		if seen.got.Concurrency != tc.conc || seen.got.MaxInFlight != tc.flight {
+			t.Errorf("%s %d options: SubscribeOptions %+v, want concurrency %d, max in flight %d", tc.url, len(tc.opts), seen.got, tc.conc, tc.flight)
+		}
+		_ = c.Close()
+	}
+}
+
+func init() { mq.Register("optstest", optsDriver{}) }
+
+type optsDriver struct{}
+
+func (optsDriver) Open(context.Context, *url.URL) (mq.Conn, error) { return &optsConn{}, nil }
+
+// optsConn records the SubscribeOptions the portable layer asks for.
+type optsConn struct {
+	greedyConn
+	got mq.SubscribeOptions
+}
+
+func (c *optsConn) Subscribe(ctx context.Context, topic, group string, o mq.SubscribeOptions) (mq.Subscription, error) {
+	c.got = o
+	return c.greedyConn.Subscribe(ctx, topic, group, o)
 }
