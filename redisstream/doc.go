@@ -8,8 +8,8 @@
 //
 // A topic is a stream and an mq consumer group is a Redis consumer group.
 // Produce is XADD (pipelined: one round trip for many messages, returning
-// after every reply); consuming is XREADGROUP, XACK after the handler
-// succeeded, and XAUTOCLAIM of entries a crashed consumer left pending.
+// after every reply); consuming is XREADGROUP, XACK (batched) after the
+// handler succeeded, and XAUTOCLAIM of entries a crashed consumer left pending.
 //
 // # URLs
 //
@@ -100,7 +100,24 @@
 // longer than ClaimIdle loses its entries to other members, and both
 // handle them: the delivery is at least once.
 //
-// Ack is XACK. Nack, used when a consumer stops with unfinished messages,
+// Ack is XACK, batched: Ack queues the entry's ID and returns, and a loop
+// of the subscription sends every ID queued meanwhile in one XACK per
+// stream, so the consumer frees the in-flight slot without waiting for a
+// round trip. At-least-once delivery holds: until its XACK is answered an
+// entry stays pending, is kept alive as above, and keeps its shard leased,
+// and Close sends every queued ack before it hands entries back, releases
+// shards or leaves the group. An XACK that fails (logged) or never gets
+// sent (the process crashes) means the entry is claimed and delivered
+// again, exactly as if the process had crashed just before Ack. When more
+// than MaxInFlight acks are queued, Ack waits for their XACK.
+//
+// Reads fetch as many entries as the consumer's in-flight window has room
+// for (SubscribeOptions.MaxInFlight, which counts entries read and not yet
+// settled); while handlers keep settling, a read waits until half the
+// window is free, so a busy consumer reads in large batches rather than a
+// few entries per round trip.
+//
+// Nack, used when a consumer stops with unfinished messages,
 // leaves the entry pending and sets its idle time to ClaimIdle (XCLAIM ...
 // IDLE, JUSTID), so the next claim by any member takes it at once with its
 // delivery count one higher. Closing a subscription hands back what it

@@ -73,6 +73,11 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 		streams:  streams,
 		held:     map[string]map[string]struct{}{},
 		cursor:   map[string]string{},
+		ackLimit: max(opts.MaxInFlight, 16),
+		window:   opts.MaxInFlight,
+		conc:     opts.Concurrency,
+		room:     make(chan struct{}, 1),
+		ackWake:  make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
 	s.rd = &reader{client: c.client, key: streams[0], block: c.cfg.Block}
@@ -87,8 +92,9 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 	c.subs[s] = struct{}{}
 	c.mu.Unlock()
 
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.keepAlive()
+	go s.ackLoop()
 	if s.shards != nil {
 		s.wg.Add(1)
 		go s.shards.run()
@@ -127,6 +133,12 @@ type subscription struct {
 	shards   *shardSet // nil without sharding
 	rd       *reader
 
+	window    int           // SubscribeOptions.MaxInFlight: the most entries delivered and not settled (0: no bound but Receive's)
+	conc      int           // SubscribeOptions.Concurrency
+	unsettled atomic.Int64  // entries delivered (the stash included) and not yet acked or nacked
+	waiting   atomic.Bool   // Receive waits in awaitRoom
+	room      chan struct{} // an Ack or Nack made room while waiting was set
+
 	recvMu    sync.Mutex    // held by Receive
 	stash     []mq.Delivery // read beyond the limit of a Receive: returned first by the next
 	lastClaim time.Time
@@ -134,15 +146,17 @@ type subscription struct {
 	cursor    map[string]string // stream -> XAUTOCLAIM cursor of an unfinished scan
 
 	mu      sync.Mutex
-	held    map[string]map[string]struct{} // stream -> IDs delivered and not settled
+	held    map[string]map[string]struct{} // stream -> IDs delivered and not settled or whose XACK is not answered yet
 	reading []string                       // streams of the XREADGROUP in progress
 	inRecv  bool                           // a Receive is running
 	endRecv time.Time                      // when the last Receive returned
 	closed  bool
 
-	ackMu   sync.Mutex
-	ackNext *ackBatch // acks waiting for the flush in progress
-	ackBusy bool      // an Ack is flushing batches
+	ackMu     sync.Mutex
+	ackNext   *ackBatch     // acks waiting for the next XACK
+	ackClosed bool          // ackLoop is gone: Ack sends its XACK itself
+	ackLimit  int           // acks queued beyond this make Ack wait for their XACK
+	ackWake   chan struct{} // wakes ackLoop
 
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -216,6 +230,7 @@ func (s *subscription) Receive(ctx context.Context, limit int) ([]mq.Delivery, e
 		if ds, err := s.claimIdle(ctx, streams, limit); err != nil || len(ds) > 0 {
 			return ds, err
 		}
+		s.awaitRoom(ctx)
 		ds, err := s.read(ctx, streams, limit)
 		if err != nil || len(ds) > 0 {
 			return s.fromStash(ctx, ds, limit), err
@@ -367,15 +382,76 @@ func (s *subscription) claim(ctx context.Context, stream string, minIdle time.Du
 	return s.deliver(stream, msgs, counts), nil
 }
 
-// read runs one XREADGROUP ... > over streams.
+// roomGap is how long awaitRoom waits for the next settlement before it
+// gives up waiting for more room.
+const roomGap = time.Millisecond
+
+// awaitRoom waits, before a read, until half the in-flight window is
+// free, as long as handlers keep settling deliveries (each within roomGap)
+// and more deliveries are unsettled than handlers run at once: one read
+// then fetches many entries instead of a read per few freed slots, which
+// costs a round trip each, and the handlers do not run dry meanwhile. It
+// does not wait when settling stalls (deliveries held back for an
+// in-process retry, say), nor when the window is no larger than the
+// concurrency.
+func (s *subscription) awaitRoom(ctx context.Context) {
+	if !s.tooFull() {
+		return
+	}
+	s.waiting.Store(true)
+	defer s.waiting.Store(false)
+	t := time.NewTimer(roomGap)
+	defer t.Stop()
+	for s.tooFull() {
+		select {
+		case <-s.room:
+			t.Reset(roomGap)
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// tooFull reports whether awaitRoom should wait.
+func (s *subscription) tooFull() bool {
+	if s.window <= 0 {
+		return false
+	}
+	n := int(s.unsettled.Load())
+	return n > s.conc && s.window-n < (s.window+1)/2
+}
+
+// settled counts a delivery as settled and wakes awaitRoom.
+func (s *subscription) settled() {
+	s.unsettled.Add(-1)
+	if s.waiting.Load() {
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// read runs one XREADGROUP ... > over streams, for as many entries as
+// the in-flight window has room for when it starts: often more than limit,
+// which was the room when Receive was called (handlers finished since).
+// Receive stashes the surplus, which counts against the window.
 func (s *subscription) read(ctx context.Context, streams []string, limit int) ([]mq.Delivery, error) {
 	args := make([]string, 0, 2*len(streams))
 	args = append(args, streams...)
 	for range streams {
 		args = append(args, ">")
 	}
+	count := limit
+	if s.window > 0 {
+		count = max(limit, s.window-int(s.unsettled.Load()))
+	}
 	res, err := s.rd.read(ctx, s.done, &redis.XReadGroupArgs{
-		Group: s.group, Consumer: s.consumer, Streams: args, Count: int64(max(limit/len(streams), 1)), Block: s.c.cfg.Block,
+		Group: s.group, Consumer: s.consumer, Streams: args, Count: int64(max(count/len(streams), 1)), Block: s.c.cfg.Block,
 	})
 	var out []mq.Delivery
 	for _, st := range res {
@@ -425,6 +501,7 @@ func (s *subscription) deliver(stream string, msgs []redis.XMessage, counts map[
 		s.track(stream, x.ID)
 		out = append(out, &delivery{s: s, stream: stream, id: x.ID, msg: m})
 	}
+	s.unsettled.Add(int64(len(out)))
 	return out
 }
 
@@ -504,6 +581,17 @@ func (s *subscription) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var errs []error
+		// Acks first: entries acknowledged must not be handed back (or
+		// their shard released) before their XACK was answered.
+		s.ackMu.Lock()
+		s.ackClosed = true
+		s.ackMu.Unlock()
+		if b := s.takeAcks(); b != nil {
+			s.sendAcks(ctx, b)
+			if b.err != nil {
+				errs = append(errs, b.err)
+			}
+		}
 		s.mu.Lock()
 		held := s.held
 		s.held = map[string]map[string]struct{}{}
@@ -546,53 +634,116 @@ type delivery struct {
 
 func (d *delivery) Message() *mq.Message { return d.msg }
 
-// Ack acknowledges the entry (XACK). Acks made while another is in flight
-// are sent together (one XACK per stream, pipelined), so concurrent
-// handlers share round trips; Ack returns after Redis replied.
+// Ack acknowledges the entry. It queues the entry's ID for the next XACK,
+// which a background loop of the subscription sends for every ack queued
+// meanwhile (one XACK per stream, pipelined), and returns without waiting
+// for the reply: the portable consumer frees the in-flight slot at once and
+// concurrent handlers share round trips. At-least-once delivery holds: an
+// entry stays pending in the group until its XACK is answered, and the
+// subscription keeps it alive (and its shard leased) until then, so a lost
+// XACK (Redis failing, the process crashing) only means the entry is
+// delivered again, as it would be if the process had crashed just before
+// Ack. Close sends every queued ack before it hands entries back or leaves
+// the group. When more than MaxInFlight acks are queued (Redis is slow to
+// answer), Ack waits for their XACK and returns its error.
 func (d *delivery) Ack(ctx context.Context) error {
 	if !d.settled.CompareAndSwap(false, true) {
 		return errors.New("redisstream: message already settled")
 	}
-	d.s.untrack(d.stream, d.id)
+	d.s.settled()
 	return d.s.ack(ctx, d.stream, d.id)
 }
 
 // ackBatch is a set of acks sent together.
 type ackBatch struct {
 	ids  map[string][]string // stream -> entry IDs
-	done chan struct{}
+	n    int
+	done chan struct{} // closed when the XACK was answered
 	err  error
 }
 
 func (s *subscription) ack(ctx context.Context, stream, id string) error {
 	s.ackMu.Lock()
+	if s.ackClosed {
+		// Closed: no loop sends it. Send it now (the entry was handed
+		// back at Close, so this XACK may come too late to matter).
+		s.ackMu.Unlock()
+		b := &ackBatch{ids: map[string][]string{stream: {id}}, n: 1, done: make(chan struct{})}
+		s.sendAcks(ctx, b)
+		return b.err
+	}
 	if s.ackNext == nil {
 		s.ackNext = &ackBatch{ids: map[string][]string{}, done: make(chan struct{})}
 	}
-	mine := s.ackNext
-	mine.ids[stream] = append(mine.ids[stream], id)
-	if s.ackBusy {
-		// Another Ack is flushing: it sends ours with the next batch.
-		s.ackMu.Unlock()
+	b := s.ackNext
+	b.ids[stream] = append(b.ids[stream], id)
+	b.n++
+	full := b.n > s.ackLimit
+	s.ackMu.Unlock()
+	select {
+	case s.ackWake <- struct{}{}:
+	default:
+	}
+	if !full {
+		return nil
+	}
+	select {
+	case <-b.done:
+		return b.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// takeAcks returns the queued acks, or nil.
+func (s *subscription) takeAcks() *ackBatch {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	b := s.ackNext
+	s.ackNext = nil
+	return b
+}
+
+// ackLoop sends queued acks until the subscription closes; Close sends the
+// last ones.
+func (s *subscription) ackLoop() {
+	defer s.wg.Done()
+	for {
 		select {
-		case <-mine.done:
-			return mine.err
-		case <-ctx.Done():
-			return ctx.Err()
+		case <-s.done:
+			return
+		case <-s.ackWake:
+		}
+		if b := s.takeAcks(); b != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), s.c.cfg.ClaimIdle)
+			s.sendAcks(ctx, b)
+			cancel()
 		}
 	}
-	s.ackBusy = true
-	for s.ackNext != nil {
-		b := s.ackNext
-		s.ackNext = nil
-		s.ackMu.Unlock()
-		b.err = s.flushAcks(ctx, b.ids)
-		close(b.done)
-		s.ackMu.Lock()
+}
+
+// sendAcks sends b's XACKs (pipelined, one per stream), then stops
+// tracking its entries, whether the XACK succeeded or not: an entry whose
+// XACK failed stays pending, untouched, and is claimed again after
+// ClaimIdle.
+func (s *subscription) sendAcks(ctx context.Context, b *ackBatch) {
+	b.err = s.flushAcks(ctx, b.ids)
+	s.ackDone(b)
+}
+
+// ackDone stops tracking b's entries and wakes the Acks waiting for it.
+func (s *subscription) ackDone(b *ackBatch) {
+	s.mu.Lock()
+	for stream, ids := range b.ids {
+		for _, id := range ids {
+			delete(s.held[stream], id)
+		}
 	}
-	s.ackBusy = false
-	s.ackMu.Unlock()
-	return mine.err
+	s.mu.Unlock()
+	if b.err != nil {
+		s.log().Warn("redisstream: XACK failed; the entries will be delivered again", "group", s.group, "entries", b.n, "error", b.err)
+	}
+	close(b.done)
 }
 
 func (s *subscription) flushAcks(ctx context.Context, ids map[string][]string) error {
@@ -613,6 +764,7 @@ func (d *delivery) Nack(ctx context.Context) error {
 	if !d.settled.CompareAndSwap(false, true) {
 		return errors.New("redisstream: message already settled")
 	}
+	d.s.settled()
 	d.s.untrack(d.stream, d.id)
 	if _, err := d.s.touch(ctx, d.stream, d.s.c.cfg.ClaimIdle, []string{d.id}); err != nil {
 		return fmt.Errorf("redisstream: handing back %q %s: %w", d.stream, d.id, err)
