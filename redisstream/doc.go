@@ -27,9 +27,8 @@
 // information, which errors and logs never show: the go-redis parameters
 // password, username, sentinel_password and sentinel_username are
 // rejected, as are addr (list addresses in the host part) and master_name
-// (use master). For anything a URL cannot say (client certificates, a
-// different sentinel password), build a go-redis client yourself and use
-// NewConn.
+// (use master). For anything a URL cannot say (a different sentinel
+// password, say), build a go-redis client yourself and use NewConn.
 //
 // Parameters of this package (besides the portable ones of mq.Open):
 //
@@ -43,6 +42,9 @@
 //	start=latest     a new group starts with entries added after it
 //	master=NAME      the Sentinel master name (redis+sentinel only)
 //	sentinel_auth=true  authenticate to the sentinels with the user information
+//	tls_ca=FILE      PEM file of CAs to trust (rediss schemes)
+//	tls_cert=FILE, tls_key=FILE  client certificate (rediss schemes)
+//	tls_server_name=NAME  name to verify in the server certificate
 //
 // All other parameters go to go-redis's own URL parser (redis.ParseURL,
 // ParseClusterURL, ParseFailoverURL): dial_timeout, read_timeout,

@@ -2,10 +2,13 @@ package redisstream
 
 import (
 	"context"
+	cryptotls "crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -202,6 +205,17 @@ func parseURL(u *url.URL) (clientSpec, Config, error) {
 			errs = append(errs, fmt.Errorf("parameter start=%q: want earliest or latest", v))
 		}
 	}
+	// TLS material go-redis's URL parser has no parameters for.
+	tlsCA, hasCA := take("tls_ca")
+	tlsCert, hasCert := take("tls_cert")
+	tlsKey, hasKey := take("tls_key")
+	tlsServerName, hasSNI := take("tls_server_name")
+	if (hasCA || hasCert || hasKey || hasSNI) && !tls {
+		errs = append(errs, fmt.Errorf("parameters tls_ca, tls_cert, tls_key and tls_server_name need a rediss scheme"))
+	}
+	if hasCert != hasKey {
+		errs = append(errs, fmt.Errorf("parameters tls_cert and tls_key go together"))
+	}
 	master, hasMaster := take("master")
 	sentinelAuth := false
 	if v, ok := take("sentinel_auth"); ok {
@@ -292,7 +306,47 @@ func parseURL(u *url.URL) (clientSpec, Config, error) {
 	if err != nil {
 		return fail("%v", err)
 	}
+	if tls {
+		tc := spec.tlsConfig()
+		if tc == nil {
+			return fail("rediss URL without a TLS configuration")
+		}
+		if hasSNI {
+			tc.ServerName = tlsServerName
+		}
+		if hasCA {
+			pem, err := os.ReadFile(tlsCA)
+			if err != nil {
+				return fail("tls_ca: %v", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return fail("tls_ca %q holds no PEM certificate", tlsCA)
+			}
+		}
+		if hasCert {
+			cert, err := cryptotls.LoadX509KeyPair(tlsCert, tlsKey)
+			if err != nil {
+				return fail("tls_cert/tls_key: %v", err)
+			}
+			tc.Certificates = []cryptotls.Certificate{cert}
+		}
+	}
 	return spec, cfg, nil
+}
+
+// tlsConfig returns the TLS configuration go-redis's parser made for a
+// rediss URL.
+func (s clientSpec) tlsConfig() *cryptotls.Config {
+	switch {
+	case s.simple != nil:
+		return s.simple.TLSConfig
+	case s.cluster != nil:
+		return s.cluster.TLSConfig
+	case s.failover != nil:
+		return s.failover.TLSConfig
+	}
+	return nil
 }
 
 func userPassword(u *url.URL) (user, password string) {
