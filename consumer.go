@@ -140,21 +140,35 @@ type dispatcher struct {
 
 	mu          sync.Mutex
 	outstanding int
+	waitRoom    bool // fetch waits for a token on room
 	keys        map[string]*keyQueue
-	live        map[*keyQueue]struct{}
-	ready       []*keyQueue // queues whose head task may run now, FIFO
-	readyCond   sync.Cond   // signalled when ready grows or stopped is set
+	live        keyQueue    // sentinel of the ring of queues holding tasks
+	free        []*keyQueue // emptied queues, reused by submit
+	ready       []*keyQueue // ready[readyHead:] may run their head task now, FIFO
+	readyHead   int
+	readyCond   sync.Cond // signalled when ready grows or stopped is set
 	stopped     bool
 }
 
 // keyQueue holds the unsettled messages of one key (or a single message
-// with an empty key). tasks[0] is the one running or due to run next.
+// with an empty key). tasks[head] is the one running or due to run next.
+// Emptied queues go to the dispatcher's free list with their arrays, so a
+// message costs no allocation here in a steady state.
 type keyQueue struct {
-	key   string
-	tasks []task
-	first [1]task // backing array for the common single-message queue
-	timer *time.Timer
+	key        string
+	tasks      []task
+	head       int
+	first      [1]task   // backing array for the common single-message queue
+	prev, next *keyQueue // ring of live queues, for nackAll
+	timer      *time.Timer
 }
+
+// maxFreeQueues bounds the free list; maxKeptTasks is the largest task
+// array a freed queue keeps.
+const (
+	maxFreeQueues = 1024
+	maxKeptTasks  = 16
+)
 
 type task struct {
 	d       Delivery
@@ -170,16 +184,71 @@ func newDispatcher(h Handler, sub Subscription, o options) *dispatcher {
 		room:     make(chan struct{}, 1),
 		stopping: make(chan struct{}),
 		keys:     make(map[string]*keyQueue),
-		live:     make(map[*keyQueue]struct{}),
 	}
+	d.live.prev, d.live.next = &d.live, &d.live
 	d.readyCond.L = &d.mu
 	return d
 }
 
 // pushReady makes q's head task runnable. d.mu is held.
 func (d *dispatcher) pushReady(q *keyQueue) {
+	if d.readyHead > 0 && d.readyHead >= len(d.ready)/2 && len(d.ready) == cap(d.ready) {
+		// Slide the waiting queues down rather than grow the array.
+		n := copy(d.ready, d.ready[d.readyHead:])
+		clear(d.ready[n:])
+		d.ready, d.readyHead = d.ready[:n], 0
+	}
 	d.ready = append(d.ready, q)
 	d.readyCond.Signal()
+}
+
+// popReady takes the oldest runnable queue. d.mu is held and one is ready.
+func (d *dispatcher) popReady() *keyQueue {
+	q := d.ready[d.readyHead]
+	d.ready[d.readyHead] = nil
+	d.readyHead++
+	if d.readyHead == len(d.ready) {
+		d.ready, d.readyHead = d.ready[:0], 0
+	}
+	return q
+}
+
+// newQueue returns an empty queue for key, linked into the live ring. d.mu
+// is held.
+func (d *dispatcher) newQueue(key string) *keyQueue {
+	var q *keyQueue
+	if n := len(d.free); n > 0 {
+		q = d.free[n-1]
+		d.free[n-1] = nil
+		d.free = d.free[:n-1]
+	} else {
+		q = &keyQueue{}
+		q.tasks = q.first[:0]
+	}
+	q.key = key
+	q.prev, q.next = d.live.prev, &d.live
+	q.prev.next, q.next.prev = q, q
+	return q
+}
+
+// releaseQueue unlinks an emptied queue and keeps it for reuse. d.mu is
+// held.
+func (d *dispatcher) releaseQueue(q *keyQueue) {
+	q.prev.next, q.next.prev = q.next, q.prev
+	q.prev, q.next = nil, nil
+	if q.key != "" {
+		delete(d.keys, q.key)
+	}
+	q.key = ""
+	clear(q.tasks)
+	q.first = [1]task{} // may still hold a task if tasks outgrew it
+	q.tasks, q.head = q.tasks[:0], 0
+	if cap(q.tasks) > maxKeptTasks {
+		q.tasks = q.first[:0]
+	}
+	if len(d.free) < maxFreeQueues {
+		d.free = append(d.free, q)
+	}
 }
 
 func (d *dispatcher) run(ctx context.Context) error {
@@ -231,6 +300,7 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 	for {
 		d.mu.Lock()
 		free := d.o.maxInFlight - d.outstanding
+		d.waitRoom = free <= 0
 		d.mu.Unlock()
 		if free <= 0 {
 			select {
@@ -278,34 +348,36 @@ func (d *dispatcher) submit(dl Delivery) {
 	d.outstanding++
 	if t.m.Key != "" {
 		if q := d.keys[t.m.Key]; q != nil {
+			if q.head > 0 && len(q.tasks) == cap(q.tasks) {
+				// Slide the key's waiting tasks down rather than grow.
+				n := copy(q.tasks, q.tasks[q.head:])
+				clear(q.tasks[n:])
+				q.tasks, q.head = q.tasks[:n], 0
+			}
 			q.tasks = append(q.tasks, t)
 			return
 		}
 	}
-	q := &keyQueue{key: t.m.Key}
-	q.first[0] = t
-	q.tasks = q.first[:1]
+	q := d.newQueue(t.m.Key)
+	q.tasks = append(q.tasks, t)
 	if q.key != "" {
 		d.keys[q.key] = q
 	}
-	d.live[q] = struct{}{}
 	d.pushReady(q)
 }
 
 func (d *dispatcher) work() {
 	for {
 		d.mu.Lock()
-		for len(d.ready) == 0 && !d.stopped {
+		for d.readyHead == len(d.ready) && !d.stopped {
 			d.readyCond.Wait()
 		}
 		if d.stopped {
 			d.mu.Unlock()
 			return
 		}
-		q := d.ready[0]
-		d.ready[0] = nil
-		d.ready = d.ready[1:]
-		t := q.tasks[0]
+		q := d.popReady()
+		t := q.tasks[q.head]
 		d.mu.Unlock()
 		d.runTask(q, t)
 	}
@@ -318,21 +390,22 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 			d.o.log().Warn("mq: ack failed; the broker will deliver the message again", "id", t.m.ID, "error", aerr)
 		}
 		d.mu.Lock()
-		q.tasks[0] = task{}
-		q.tasks = q.tasks[1:]
+		q.tasks[q.head] = task{}
+		q.head++
 		d.outstanding--
-		if len(q.tasks) == 0 {
-			delete(d.live, q)
-			if q.key != "" {
-				delete(d.keys, q.key)
-			}
+		if q.head == len(q.tasks) {
+			d.releaseQueue(q)
 		} else if !d.stopped {
 			d.pushReady(q)
 		}
+		wake := d.waitRoom
+		d.waitRoom = false
 		d.mu.Unlock()
-		select {
-		case d.room <- struct{}{}:
-		default:
+		if wake {
+			select {
+			case d.room <- struct{}{}:
+			default:
+			}
 		}
 		return
 	}
@@ -344,9 +417,10 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 	if d.stopped {
 		return
 	}
-	q.tasks[0].retries++
-	q.tasks[0].m.Attempt++
-	wait := backoff(q.tasks[0].retries, d.o.nackBackoff, d.o.maxNackBackoff)
+	head := &q.tasks[q.head]
+	head.retries++
+	head.m.Attempt++
+	wait := backoff(head.retries, d.o.nackBackoff, d.o.maxNackBackoff)
 	q.timer = time.AfterFunc(wait, func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
@@ -374,19 +448,24 @@ func (d *dispatcher) call(m *Message) (err error) {
 func (d *dispatcher) nackAll() {
 	d.mu.Lock()
 	var pending []Delivery
-	for q := range d.live {
+	for q := d.live.next; q != &d.live; {
+		next := q.next
 		if q.timer != nil {
 			q.timer.Stop()
 			q.timer = nil
 		}
-		for _, t := range q.tasks {
+		for _, t := range q.tasks[q.head:] {
 			pending = append(pending, t.d)
 		}
-		delete(d.live, q)
+		q.prev, q.next = nil, nil
+		q.tasks, q.head = nil, 0
+		q = next
 	}
+	d.live.prev, d.live.next = &d.live, &d.live
 	clear(d.keys)
 	clear(d.ready)
-	d.ready = nil
+	d.ready, d.readyHead = nil, 0
+	d.free = nil
 	d.outstanding = 0
 	d.mu.Unlock()
 	for _, dl := range pending {

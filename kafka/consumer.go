@@ -31,10 +31,14 @@ type subscription struct {
 
 	mu     sync.Mutex
 	queue  []*delivery   // fetched, not yet received; nacked ones first
-	wake   chan struct{} // closed and replaced when queue grows
-	space  chan struct{} // closed and replaced when queue shrinks
+	wake   chan struct{} // closed and replaced when queue grows while receiving is set
+	space  chan struct{} // closed and replaced when queue shrinks while pushing is set
 	max    int
 	closed bool
+	// receiving and pushing say that Receive or push waits on wake or
+	// space: the channels are replaced only then, not for every message.
+	receiving bool
+	pushing   bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -153,11 +157,11 @@ func (s *subscription) push(ctx context.Context, d *delivery) bool {
 		}
 		if len(s.queue) < s.max {
 			s.queue = append(s.queue, d)
-			close(s.wake)
-			s.wake = make(chan struct{})
+			s.wakeLocked()
 			s.mu.Unlock()
 			return true
 		}
+		s.pushing = true
 		space := s.space
 		s.mu.Unlock()
 		select {
@@ -165,6 +169,24 @@ func (s *subscription) push(ctx context.Context, d *delivery) bool {
 		case <-ctx.Done():
 			return false
 		}
+	}
+}
+
+// wakeLocked wakes a Receive waiting for the queue to grow. s.mu is held.
+func (s *subscription) wakeLocked() {
+	if s.receiving {
+		s.receiving = false
+		close(s.wake)
+		s.wake = make(chan struct{})
+	}
+}
+
+// spaceLocked wakes a push waiting for the queue to shrink. s.mu is held.
+func (s *subscription) spaceLocked() {
+	if s.pushing {
+		s.pushing = false
+		close(s.space)
+		s.space = make(chan struct{})
 	}
 }
 
@@ -193,13 +215,16 @@ func (s *subscription) Receive(ctx context.Context, max int) ([]mq.Delivery, err
 			for i, d := range s.queue[:n] {
 				out[i] = d
 			}
-			clear(s.queue[:n])
-			s.queue = s.queue[n:]
-			close(s.space)
-			s.space = make(chan struct{})
+			// Move the rest to the front rather than reslicing, so that
+			// push appends into the same array instead of growing a new one.
+			rest := copy(s.queue, s.queue[n:])
+			clear(s.queue[rest:])
+			s.queue = s.queue[:rest]
+			s.spaceLocked()
 			s.mu.Unlock()
 			return out, nil
 		}
+		s.receiving = true
 		wake := s.wake
 		s.mu.Unlock()
 		select {
@@ -230,8 +255,7 @@ func (s *subscription) requeue(d *delivery) {
 	})
 	d.nacked = true
 	s.queue = slices.Insert(s.queue, i, d)
-	close(s.wake)
-	s.wake = make(chan struct{})
+	s.wakeLocked()
 }
 
 // Close leaves the group: claims end, finished offsets are committed, and
@@ -271,19 +295,36 @@ type partition struct {
 	id      int32
 	settled chan struct{} // a token each time an offset is settled
 
-	mu      sync.Mutex
-	offsets []int64        // not yet committed, ascending
-	done    map[int64]bool // finished offsets inside offsets
-	waiting int            // handed out and neither acked nor given up
-	ended   bool           // the claim is over; late acks are refused
+	mu sync.Mutex
+	// offsets[head:] are the offsets fetched and not yet committed,
+	// ascending; done[i] says offsets[i] finished. The finished prefix is
+	// dropped by moving head, and the arrays are reused once empty (or
+	// compacted once mostly dropped), so tracking allocates nothing in a
+	// steady state.
+	offsets  []int64
+	done     []bool
+	head     int
+	waiting  int  // handed out and neither acked nor given up
+	draining bool // drain waits for settled tokens
+	ended    bool // the claim is over; late acks are refused
 }
 
 func (p *partition) track(msg *sarama.ConsumerMessage) *delivery {
+	d := &delivery{pt: p, offset: msg.Offset}
+	fillMessage(&d.msg, msg)
 	p.mu.Lock()
+	if p.head > 0 && p.head >= len(p.offsets)/2 && len(p.offsets) == cap(p.offsets) {
+		// Full array, at least half of it committed: slide the rest down
+		// instead of growing.
+		n := copy(p.offsets, p.offsets[p.head:])
+		copy(p.done, p.done[p.head:])
+		p.offsets, p.done, p.head = p.offsets[:n], p.done[:n], 0
+	}
 	p.offsets = append(p.offsets, msg.Offset)
+	p.done = append(p.done, false)
 	p.waiting++
 	p.mu.Unlock()
-	return &delivery{pt: p, offset: msg.Offset, msg: toMessage(msg)}
+	return d
 }
 
 func (p *partition) revoked() bool {
@@ -299,24 +340,32 @@ func (p *partition) ack(offset int64) error {
 		p.mu.Unlock()
 		return fmt.Errorf("kafka: partition %s/%d was revoked before offset %d finished; its next owner will deliver it again", p.topic, p.id, offset)
 	}
-	if p.done == nil {
-		p.done = map[int64]bool{}
+	i, found := slices.BinarySearch(p.offsets[p.head:], offset)
+	if !found || p.done[p.head+i] {
+		p.mu.Unlock()
+		return fmt.Errorf("kafka: offset %d of partition %s/%d acknowledged twice or never fetched", offset, p.topic, p.id)
 	}
-	p.done[offset] = true
+	p.done[p.head+i] = true
 	p.waiting--
-	n := 0
-	for n < len(p.offsets) && p.done[p.offsets[n]] {
-		delete(p.done, p.offsets[n])
-		n++
-	}
-	if n > 0 {
+	if i == 0 {
+		n := p.head
+		for n < len(p.offsets) && p.done[n] {
+			n++
+		}
 		// The commit position is the next offset to read: one past the
 		// last message of the finished prefix.
 		p.sess.MarkOffset(p.topic, p.id, p.offsets[n-1]+1, "")
-		p.offsets = p.offsets[n:]
+		if n == len(p.offsets) {
+			p.offsets, p.done, p.head = p.offsets[:0], p.done[:0], 0
+		} else {
+			p.head = n
+		}
 	}
+	signal := p.draining
 	p.mu.Unlock()
-	p.signal()
+	if signal {
+		p.signal()
+	}
 	return nil
 }
 
@@ -326,8 +375,11 @@ func (p *partition) ack(offset int64) error {
 func (p *partition) giveUp() {
 	p.mu.Lock()
 	p.waiting--
+	signal := p.draining
 	p.mu.Unlock()
-	p.signal()
+	if signal {
+		p.signal()
+	}
 }
 
 func (p *partition) signal() {
@@ -350,6 +402,7 @@ func (p *partition) drain(timeout time.Duration, leaving <-chan struct{}) {
 	}()
 	for {
 		p.mu.Lock()
+		p.draining = true
 		left := p.waiting
 		p.mu.Unlock()
 		if left <= 0 {
@@ -366,14 +419,16 @@ func (p *partition) drain(timeout time.Duration, leaving <-chan struct{}) {
 	}
 }
 
+// delivery is one fetched record. The Message lives inside it, so a record
+// costs one allocation for both.
 type delivery struct {
 	pt     *partition
 	offset int64
-	msg    *mq.Message
 	nacked bool
+	msg    mq.Message
 }
 
-func (d *delivery) Message() *mq.Message { return d.msg }
+func (d *delivery) Message() *mq.Message { return &d.msg }
 
 func (d *delivery) Ack(context.Context) error { return d.pt.ack(d.offset) }
 
@@ -384,37 +439,50 @@ func (d *delivery) Nack(context.Context) error {
 	return nil
 }
 
-// toMessage converts a record into a Message. Records from other clients
-// (no mq-id header) get a stable ID from their position.
+// toMessage converts a record into a new Message.
 func toMessage(r *sarama.ConsumerMessage) *mq.Message {
-	m := &mq.Message{
-		Key:       string(r.Key),
+	m := new(mq.Message)
+	fillMessage(m, r)
+	return m
+}
+
+// fillMessage converts a record into m. Records from other clients (no
+// mq-id header) get a stable ID from their position.
+func fillMessage(m *mq.Message, r *sarama.ConsumerMessage) {
+	*m = mq.Message{
 		Body:      r.Value,
 		Topic:     r.Topic,
 		Timestamp: r.Timestamp,
 		Attempt:   1,
 	}
-	if len(r.Headers) > 0 {
-		m.Headers = make(map[string]string, len(r.Headers))
-		for _, h := range r.Headers {
-			if h == nil {
-				continue
-			}
-			if string(h.Key) == HeaderID {
-				m.ID = string(h.Value)
-				continue
-			}
-			m.Headers[string(h.Key)] = string(h.Value)
-		}
-		if len(m.Headers) == 0 {
-			m.Headers = nil
+	var id []byte
+	hasID, others := false, 0
+	for _, h := range r.Headers {
+		switch {
+		case h == nil:
+		case string(h.Key) == HeaderID:
+			id, hasID = h.Value, true // the last one wins, as in a map
+		default:
+			others++
 		}
 	}
-	if m.ID == "" {
+	if others > 0 {
+		m.Headers = make(map[string]string, others)
+		for _, h := range r.Headers {
+			if h != nil && string(h.Key) != HeaderID {
+				m.Headers[string(h.Key)] = string(h.Value)
+			}
+		}
+	}
+	if hasID && len(id) > 0 {
+		// Key and ID share one string: one allocation instead of two.
+		ks := string(append(append(make([]byte, 0, len(r.Key)+len(id)), r.Key...), id...))
+		m.Key, m.ID = ks[:len(r.Key)], ks[len(r.Key):]
+	} else {
+		m.Key = string(r.Key)
 		m.ID = r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10)
 	}
 	if m.Timestamp.IsZero() {
 		m.Timestamp = time.Now()
 	}
-	return m
 }
