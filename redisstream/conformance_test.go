@@ -2,12 +2,14 @@ package redisstream_test
 
 import (
 	"context"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/integration/testbed"
 	"github.com/mqkit/mq/mqtest"
 )
 
@@ -30,19 +32,31 @@ func TestConformanceSharded(t *testing.T) {
 	})
 }
 
-// TestConformanceDeployments runs the suite, unsharded and sharded,
-// against a Redis Cluster named by MQ_TEST_REDIS_CLUSTER_URL (e.g.
-// redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103) and a
-// Sentinel-managed primary named by MQ_TEST_REDIS_SENTINEL_URL (e.g.
-// redis+sentinel://127.0.0.1:26379?master=mymaster) and a TLS server named
-// by MQ_TEST_REDIS_TLS_URL (e.g. rediss://:PASSWORD@127.0.0.1:6380/0). The
-// testbed starts none of these, so each is skipped without its variable.
+// TestConformanceDeployments runs the suite, unsharded and sharded, on a
+// Redis Cluster, a Sentinel-managed primary and a TLS server, all started
+// by the testbed. MQ_TEST_REDIS_CLUSTER_URL, MQ_TEST_REDIS_SENTINEL_URL and
+// MQ_TEST_REDIS_TLS_URL point a run at deployments of your own instead
+// (e.g. redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103).
 func TestConformanceDeployments(t *testing.T) {
-	for _, env := range []string{"MQ_TEST_REDIS_CLUSTER_URL", "MQ_TEST_REDIS_SENTINEL_URL", "MQ_TEST_REDIS_TLS_URL"} {
-		t.Run(env, func(t *testing.T) {
-			u := os.Getenv(env)
+	if testing.Short() {
+		t.Skip("starts more brokers; skipped with -short")
+	}
+	for _, d := range []struct {
+		env   string
+		start func(t *testing.T) string
+	}{
+		{"MQ_TEST_REDIS_CLUSTER_URL", func(t *testing.T) string { return testbed.RedisCluster(t).URL }},
+		{"MQ_TEST_REDIS_SENTINEL_URL", func(t *testing.T) string { return testbed.RedisSentinel(t).URL }},
+		{"MQ_TEST_REDIS_TLS_URL", func(t *testing.T) string {
+			certs := testbed.WriteCerts(t, "mq test CA")
+			b := testbed.Redis(t, testbed.WithRedisTLS(certs.Dir))
+			return "rediss://" + b.TLSAddr + "/0?tls_ca=" + url.QueryEscape(certs.CAFile)
+		}},
+	} {
+		t.Run(strings.TrimPrefix(d.env, "MQ_TEST_REDIS_"), func(t *testing.T) {
+			u := os.Getenv(d.env)
 			if u == "" {
-				t.Skip(env + " is not set")
+				u = d.start(t)
 			}
 			sep := "?"
 			if strings.Contains(u, "?") {

@@ -60,6 +60,56 @@ var specs = map[Kind]*spec{
 		startTimeout: 30 * time.Second,
 		stopTimeout:  5 * time.Second,
 	},
+	KindRedisCluster: {
+		kind:         KindRedisCluster,
+		envKey:       EnvRedisImage,
+		defaultImage: DefaultRedisImage,
+		request: func(image string, port, _ int) testcontainers.ContainerRequest {
+			return testcontainers.ContainerRequest{
+				Image:        image,
+				ExposedPorts: []string{"6379/tcp"},
+				// Announcing 127.0.0.1 and the published port makes
+				// CLUSTER SLOTS name an address the test may dial.
+				Cmd: []string{"redis-server", "--protected-mode", "no", "--save", "", "--dir", "/tmp",
+					"--appendonly", "yes", "--appendfsync", "always",
+					"--cluster-enabled", "yes", "--cluster-config-file", "/tmp/nodes.conf",
+					"--cluster-announce-ip", "127.0.0.1", "--cluster-announce-port", strconv.Itoa(port)},
+				HostConfigModifier: publishOnLoopback("6379/tcp", port),
+			}
+		},
+		url:          func(addr string) string { return "redis+cluster://" + addr },
+		ready:        redisClusterReady,
+		startTimeout: 30 * time.Second,
+		stopTimeout:  5 * time.Second,
+	},
+	KindRedisSentinel: {
+		kind:         KindRedisSentinel,
+		envKey:       EnvRedisImage,
+		defaultImage: DefaultRedisImage,
+		request: func(image string, port, cport int) testcontainers.ContainerRequest {
+			// Host networking: the Sentinel hands out the primary's address,
+			// which must be one the test can dial (127.0.0.1:cport).
+			script := fmt.Sprintf(`set -e
+redis-server --port %[2]d --bind 127.0.0.1 --protected-mode no --save "" --dir /tmp --appendonly yes --appendfsync always --daemonize yes
+printf 'port %[1]d
+bind 127.0.0.1
+protected-mode no
+dir /tmp
+sentinel monitor mq 127.0.0.1 %[2]d 1
+sentinel down-after-milliseconds mq 5000
+' > /tmp/sentinel.conf
+exec redis-server /tmp/sentinel.conf --sentinel`, port, cport)
+			return testcontainers.ContainerRequest{
+				Image:              image,
+				Cmd:                []string{"sh", "-c", script},
+				HostConfigModifier: func(hc *container.HostConfig) { hc.NetworkMode = "host" },
+			}
+		},
+		url:          func(addr string) string { return "redis+sentinel://" + addr + "/0?master=mq" },
+		ready:        redisSentinelReady,
+		startTimeout: 30 * time.Second,
+		stopTimeout:  5 * time.Second,
+	},
 	KindRabbitMQ: {
 		kind:         KindRabbitMQ,
 		envKey:       EnvRabbitMQImage,
@@ -244,6 +294,40 @@ func addRabbitTLS(req *testcontainers.ContainerRequest, hostPort int, dir string
 		hc.Binds = append(hc.Binds, dir+":/mq-tls:ro")
 	}
 	return nil
+}
+
+// redisClusterReady gives a fresh one-node cluster every slot, then waits
+// for cluster_state:ok.
+func redisClusterReady(ctx context.Context, b *Broker) error {
+	c := redis.NewClient(&redis.Options{Addr: b.Addr, DialTimeout: 2 * time.Second, MaxRetries: -1, DisableIdentity: true})
+	defer func() { _ = c.Close() }()
+	info, err := c.ClusterInfo(ctx).Result()
+	if err != nil {
+		return err
+	}
+	if strings.Contains(info, "cluster_slots_assigned:0") {
+		if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", "0", "16383").Err(); err != nil {
+			return fmt.Errorf("CLUSTER ADDSLOTSRANGE: %w", err)
+		}
+	}
+	if !strings.Contains(info, "cluster_state:ok") {
+		return errors.New("cluster_state is not ok yet")
+	}
+	return nil
+}
+
+// redisSentinelReady waits until the Sentinel names the primary and the
+// primary answers PING.
+func redisSentinelReady(ctx context.Context, b *Broker) error {
+	s := redis.NewSentinelClient(&redis.Options{Addr: b.Addr, DialTimeout: 2 * time.Second, MaxRetries: -1, DisableIdentity: true})
+	defer func() { _ = s.Close() }()
+	addr, err := s.GetMasterAddrByName(ctx, "mq").Result()
+	if err != nil {
+		return fmt.Errorf("sentinel get-master-addr-by-name: %w", err)
+	}
+	m := redis.NewClient(&redis.Options{Addr: addr[0] + ":" + addr[1], DialTimeout: 2 * time.Second, MaxRetries: -1, DisableIdentity: true})
+	defer func() { _ = m.Close() }()
+	return m.Ping(ctx).Err()
 }
 
 func redisReady(ctx context.Context, b *Broker) error {

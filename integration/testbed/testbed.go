@@ -22,9 +22,13 @@ type Kind string
 
 // The broker kinds the harness can start.
 const (
-	KindRedis    Kind = "redis"
-	KindRabbitMQ Kind = "rabbitmq"
-	KindKafka    Kind = "kafka"
+	KindRedis Kind = "redis"
+	// KindRedisCluster is a one-node Redis Cluster owning every slot.
+	KindRedisCluster Kind = "redis-cluster"
+	// KindRedisSentinel is a Redis primary watched by one Sentinel.
+	KindRedisSentinel Kind = "redis-sentinel"
+	KindRabbitMQ      Kind = "rabbitmq"
+	KindKafka         Kind = "kafka"
 )
 
 // Broker is a running broker in a container, started by Redis, RabbitMQ,
@@ -119,6 +123,25 @@ func WithEnv(key, value string) Option {
 func Redis(t testing.TB, opts ...Option) *Broker {
 	t.Helper()
 	return startT(t, KindRedis, opts)
+}
+
+// RedisCluster starts a one-node Redis Cluster that owns all 16384 slots
+// and announces 127.0.0.1 and its published port, and terminates it when
+// the test ends. URL is redis+cluster://127.0.0.1:PORT. The broker is
+// ready: CLUSTER INFO says cluster_state:ok.
+func RedisCluster(t testing.TB, opts ...Option) *Broker {
+	t.Helper()
+	return startT(t, KindRedisCluster, opts)
+}
+
+// RedisSentinel starts a Redis primary and a Sentinel watching it (master
+// name "mq"), both on 127.0.0.1 with host networking, and terminates them
+// when the test ends. URL is redis+sentinel://127.0.0.1:PORT/0?master=mq,
+// PORT being the Sentinel's. The broker is ready: the Sentinel names the
+// primary and the primary answers PING.
+func RedisSentinel(t testing.TB, opts ...Option) *Broker {
+	t.Helper()
+	return startT(t, KindRedisSentinel, opts)
 }
 
 // RabbitMQ starts a RabbitMQ broker (user guest/guest, vhost /, the
