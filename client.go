@@ -352,15 +352,14 @@ func RedactURL(rawURL string) string {
 	if i := strings.Index(rest, "://"); i >= 0 {
 		prefix, rest = rest[:i+3], rest[i+3:]
 	}
-	auth := rest
-	if i := strings.IndexAny(auth, "/?#"); i >= 0 {
-		auth = auth[:i]
-	}
-	at := strings.LastIndex(auth, "@")
+	// The URL did not parse, so it may hold a password with '/', '?' or
+	// '#' in it: take everything up to the last '@' as user information.
+	// Hiding too much is fine in an error message; hiding too little is not.
+	at := strings.LastIndex(rest, "@")
 	if at < 0 {
 		return rawURL
 	}
-	user := auth[:at]
+	user := rest[:at]
 	if i := strings.Index(user, ":"); i >= 0 {
 		user = user[:i] + ":xxxxx"
 	} else {

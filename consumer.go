@@ -330,6 +330,9 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 			select {
 			case <-time.After(wait):
 			case <-ctx.Done():
+				for _, dl := range ds {
+					d.nack(dl)
+				}
 				return nil
 			}
 		} else {

@@ -157,7 +157,9 @@ type Consumer interface {
 
 	// Close stops a running Consume (as cancelling its context does), waits
 	// for it to return, and leaves the group. Close is idempotent and safe
-	// to call concurrently.
+	// to call concurrently, but not from a Handler of this consumer: it
+	// would wait for that handler to return. To stop from a handler, cancel
+	// the context given to Consume.
 	Close() error
 }
 

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -133,14 +132,17 @@ feed:
 			}
 			d := pt.track(msg)
 			if !s.push(ctx, d) {
+				pt.giveUp() // never queued: nobody else will settle it
 				break feed
 			}
 		case <-ctx.Done():
 			break feed
 		}
 	}
-	// Messages still queued were never handed to a handler: drop them so
-	// the next owner gets them from the committed offset.
+	// From here a nacked message of this partition is given up, not
+	// queued again. Messages still queued were never handed to a handler:
+	// drop them so the next owner gets them from the committed offset.
+	pt.startDraining()
 	s.dropQueued(pt)
 	pt.drain(s.conn.cfg.drainTimeout(), s.leaving)
 	sess.Commit()
@@ -248,11 +250,13 @@ func (s *subscription) requeue(d *delivery) {
 	}
 	d.msg.Attempt++
 	// Nacked messages go before everything fetched later; among themselves
-	// they keep their partition's offset order.
-	i := sort.Search(len(s.queue), func(i int) bool {
-		q := s.queue[i]
-		return !q.nacked || (q.pt == d.pt && q.offset > d.offset)
-	})
+	// they keep their partition's offset order: insert before the first
+	// nacked message of the same partition with a higher offset, or at the
+	// end of the nacked prefix.
+	i := 0
+	for i < len(s.queue) && s.queue[i].nacked && !(s.queue[i].pt == d.pt && s.queue[i].offset > d.offset) {
+		i++
+	}
 	d.nacked = true
 	s.queue = slices.Insert(s.queue, i, d)
 	s.wakeLocked()
@@ -305,7 +309,7 @@ type partition struct {
 	done     []bool
 	head     int
 	waiting  int  // handed out and neither acked nor given up
-	draining bool // drain waits for settled tokens
+	draining bool // the session ended: drain waits for settled tokens, and nacks are given up, not requeued
 	ended    bool // the claim is over; late acks are refused
 }
 
@@ -327,10 +331,19 @@ func (p *partition) track(msg *sarama.ConsumerMessage) *delivery {
 	return d
 }
 
+// revoked reports whether the claim is over or being drained: a message
+// given back now goes to the partition's next owner, not to this member.
 func (p *partition) revoked() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.ended
+	return p.ended || p.draining
+}
+
+// startDraining marks the claim as ending (see revoked).
+func (p *partition) startDraining() {
+	p.mu.Lock()
+	p.draining = true
+	p.mu.Unlock()
 }
 
 // ack marks offset finished and marks the finished prefix for commit.
