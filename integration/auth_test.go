@@ -87,26 +87,49 @@ func checkRefused(ctx context.Context, t *testing.T, rawURL, secret, want string
 	t.Logf("wrong password: %v", err)
 }
 
-// TestRabbitMQTLS: amqps:// against a real RabbitMQ TLS listener with
+// TestTLS: amqps:// and rediss:// against real TLS listeners with
 // certificates made by the test; a client trusting another CA gets a clear
-// error.
-func TestRabbitMQTLS(t *testing.T) {
+// error. (Kafka's TLS is tested in package kafka.)
+func TestTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs real brokers")
 	}
-	certs := testbed.WriteCerts(t, "mq test CA")
-	other := testbed.WriteCerts(t, "some other CA")
-	b := testbed.RabbitMQ(t, testbed.WithRabbitMQTLS(certs.Dir))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	roundTrip(ctx, t, "amqps://guest:guest@"+b.TLSAddr+"/?cacertfile="+certs.CAFile)
-	c, err := mq.Open(ctx, "amqps://guest:guest@"+b.TLSAddr+"/?cacertfile="+other.CAFile)
-	if err == nil {
-		_ = c.Close()
-		t.Fatal("a client trusting another CA connected")
+	for _, tc := range []struct {
+		name  string
+		start func(t *testing.T, certDir string) *testbed.Broker
+		url   func(b *testbed.Broker, caFile string) string
+	}{
+		{
+			"rabbitmq",
+			func(t *testing.T, dir string) *testbed.Broker {
+				return testbed.RabbitMQ(t, testbed.WithRabbitMQTLS(dir))
+			},
+			func(b *testbed.Broker, ca string) string {
+				return "amqps://guest:guest@" + b.TLSAddr + "/?cacertfile=" + ca
+			},
+		},
+		{
+			"redis",
+			func(t *testing.T, dir string) *testbed.Broker { return testbed.Redis(t, testbed.WithRedisTLS(dir)) },
+			func(b *testbed.Broker, ca string) string { return "rediss://" + b.TLSAddr + "/0?tls_ca=" + ca },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			certs := testbed.WriteCerts(t, "mq test CA")
+			other := testbed.WriteCerts(t, "some other CA")
+			b := tc.start(t, certs.Dir)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			roundTrip(ctx, t, tc.url(b, certs.CAFile))
+			c, err := mq.Open(ctx, tc.url(b, other.CAFile))
+			if err == nil {
+				_ = c.Close()
+				t.Fatal("a client trusting another CA connected")
+			}
+			if !strings.Contains(err.Error(), "certificate") {
+				t.Errorf("wrong CA error does not mention the certificate: %v", err)
+			}
+			t.Logf("wrong CA: %v", err)
+		})
 	}
-	if !strings.Contains(err.Error(), "certificate") {
-		t.Errorf("wrong CA error does not mention the certificate: %v", err)
-	}
-	t.Logf("wrong CA: %v", err)
 }
