@@ -95,7 +95,7 @@ func (c *Client) Producer(opts ...Option) Producer {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return &producer{client: c, maxBytes: o.maxMessageBytes}
+	return newProducer(c, o.maxMessageBytes)
 }
 
 // Consumer joins a consumer group on topic and returns a consumer. The
@@ -127,7 +127,7 @@ func (c *Client) Consumer(ctx context.Context, topic string, opts ...Option) (Co
 	if err != nil {
 		return nil, fmt.Errorf("mq: subscribe %q group %q: %w", topic, o.group, err)
 	}
-	cons := &consumer{client: c, topic: topic, group: o.group, opts: o, sub: sub, done: make(chan struct{})}
+	cons := &consumer{client: c, topic: topic, group: o.group, opts: o, sub: sub}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()

@@ -58,7 +58,6 @@ type consumer struct {
 	group  string
 	opts   options
 	sub    Subscription
-	done   chan struct{}
 
 	mu      sync.Mutex
 	closed  bool
@@ -480,4 +479,14 @@ func (d *dispatcher) nack(dl Delivery) {
 	if err := dl.Nack(d.actx); err != nil && !errors.Is(err, ErrClosed) {
 		d.o.log().Warn("mq: nack failed; the broker will deliver the message again", "id", dl.Message().ID, "error", err)
 	}
+}
+
+// backoff returns the n-th (from 1) delay of an exponential backoff from
+// initial to max.
+func backoff(n int, initial, max time.Duration) time.Duration {
+	d := initial
+	for i := 1; i < n && d < max; i++ {
+		d *= 2
+	}
+	return min(d, max)
 }

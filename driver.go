@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"slices"
 	"sync"
-	"time"
 )
 
 // This file holds what a backend implements. Services do not use these
@@ -139,14 +138,4 @@ func lookupDriver(scheme string) (Driver, error) {
 		return nil, fmt.Errorf("%w %q (registered: %v; is the backend package imported?)", ErrUnknownScheme, scheme, Schemes())
 	}
 	return d, nil
-}
-
-// backoff returns the n-th (from 1) delay of an exponential backoff from
-// initial to max.
-func backoff(n int, initial, max time.Duration) time.Duration {
-	d := initial
-	for i := 1; i < n && d < max; i++ {
-		d *= 2
-	}
-	return min(d, max)
 }

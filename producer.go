@@ -7,9 +7,21 @@ import (
 )
 
 type producer struct {
-	client   *Client
-	maxBytes int
-	closed   atomic.Bool
+	client *Client
+	limit  int // the smaller of WithMaxMessageBytes and the backend's limit; 0: none
+	closed atomic.Bool
+}
+
+// newProducer settles the size limit once: the backend's limit, lowered by
+// WithMaxMessageBytes.
+func newProducer(c *Client, maxBytes int) *producer {
+	limit := maxBytes
+	if s, ok := c.conn.(Sizer); ok {
+		if bl := s.MaxMessageBytes(); bl > 0 && (limit == 0 || bl < limit) {
+			limit = bl
+		}
+	}
+	return &producer{client: c, limit: limit}
 }
 
 // Size returns the bytes m takes on the wire before backend framing: body,
@@ -32,12 +44,7 @@ func (p *producer) Produce(ctx context.Context, topic string, msgs ...*Message) 
 	if len(msgs) == 0 {
 		return nil
 	}
-	limit := p.maxBytes
-	if s, ok := p.client.conn.(Sizer); ok {
-		if bl := s.MaxMessageBytes(); bl > 0 && (limit == 0 || bl < limit) {
-			limit = bl
-		}
-	}
+	limit := p.limit
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("%w: message %d of %d is nil", ErrInvalidMessage, i+1, len(msgs))

@@ -27,6 +27,7 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -149,18 +151,7 @@ func (b *Broker) Stats() []Stats {
 		t.mu.Unlock()
 	}
 	slices.SortFunc(out, func(a, b Stats) int {
-		if a.Topic != b.Topic {
-			if a.Topic < b.Topic {
-				return -1
-			}
-			return 1
-		}
-		if a.Group < b.Group {
-			return -1
-		} else if a.Group > b.Group {
-			return 1
-		}
-		return 0
+		return cmp.Or(strings.Compare(a.Topic, b.Topic), strings.Compare(a.Group, b.Group))
 	})
 	return out
 }
