@@ -252,12 +252,9 @@ func (c *Conn) CreateTopic(ctx context.Context, topic string, partitions int32, 
 		v := strconv.Itoa(c.cfg.MaxMessageBytes + 1024) // room for the batch framing
 		detail.ConfigEntries = map[string]*string{"max.message.bytes": &v}
 	}
-	err = admin.CreateTopic(topic, detail, false)
-	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
-		var te *sarama.TopicError
-		if !(errors.As(err, &te) && te.Err == sarama.ErrTopicAlreadyExists) {
-			return fmt.Errorf("kafka: create topic %q: %w", topic, err)
-		}
+	// A *sarama.TopicError unwraps to its KError, so errors.Is sees it.
+	if err := admin.CreateTopic(topic, detail, false); err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+		return fmt.Errorf("kafka: create topic %q: %w", topic, err)
 	}
 	for {
 		if ok, err := c.topicExists(topic); err == nil && ok {
