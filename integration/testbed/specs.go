@@ -31,11 +31,20 @@ type spec struct {
 	url     func(addr string) string
 	// ready returns nil once the broker serves clients.
 	ready func(ctx context.Context, b *Broker) error
+	// addTLS, when set, adds a TLS listener on 127.0.0.1:port with the
+	// certificates of a WriteCerts directory.
+	addTLS func(req *testcontainers.ContainerRequest, port int, dir string) error
 	// readyLine, when set, must appear in the logs once more per (re)start.
 	readyLine    string
 	startTimeout time.Duration
 	stopTimeout  time.Duration
 }
+
+// redisDurable are the redis-server flags of every test Redis: reachable
+// through a published port, and an append-only file synced on every write
+// so that an XADD reply is durable and a restart keeps every confirmed
+// entry.
+var redisDurable = []string{"--protected-mode", "no", "--save", "", "--dir", "/tmp", "--appendonly", "yes", "--appendfsync", "always"}
 
 var specs = map[Kind]*spec{
 	KindRedis: {
@@ -46,17 +55,14 @@ var specs = map[Kind]*spec{
 			return testcontainers.ContainerRequest{
 				Image:        image,
 				ExposedPorts: []string{"6379/tcp"},
-				// Works with the local image and with the official one. An
-				// append-only file synced on every write makes an XADD reply
-				// durable, so a restarted broker still has every confirmed
-				// entry (the restart tests count on it).
-				Cmd: []string{"redis-server", "--protected-mode", "no", "--save", "", "--dir", "/tmp",
-					"--appendonly", "yes", "--appendfsync", "always"},
+				// Works with the local image and with the official one.
+				Cmd:                append([]string{"redis-server"}, redisDurable...),
 				HostConfigModifier: publishOnLoopback("6379/tcp", port),
 			}
 		},
 		url:          func(addr string) string { return "redis://" + addr + "/0" },
 		ready:        redisReady,
+		addTLS:       addRedisTLS,
 		startTimeout: 30 * time.Second,
 		stopTimeout:  5 * time.Second,
 	},
@@ -70,10 +76,9 @@ var specs = map[Kind]*spec{
 				ExposedPorts: []string{"6379/tcp"},
 				// Announcing 127.0.0.1 and the published port makes
 				// CLUSTER SLOTS name an address the test may dial.
-				Cmd: []string{"redis-server", "--protected-mode", "no", "--save", "", "--dir", "/tmp",
-					"--appendonly", "yes", "--appendfsync", "always",
+				Cmd: append(append([]string{"redis-server"}, redisDurable...),
 					"--cluster-enabled", "yes", "--cluster-config-file", "/tmp/nodes.conf",
-					"--cluster-announce-ip", "127.0.0.1", "--cluster-announce-port", strconv.Itoa(port)},
+					"--cluster-announce-ip", "127.0.0.1", "--cluster-announce-port", strconv.Itoa(port)),
 				HostConfigModifier: publishOnLoopback("6379/tcp", port),
 			}
 		},
@@ -131,6 +136,7 @@ exec redis-server /tmp/sentinel.conf --sentinel`, port, cport)
 		},
 		url:          func(addr string) string { return "amqp://guest:guest@" + addr + "/" },
 		ready:        rabbitReady,
+		addTLS:       addRabbitTLS,
 		readyLine:    "Server startup complete",
 		startTimeout: 120 * time.Second,
 		stopTimeout:  15 * time.Second,
@@ -142,6 +148,7 @@ exec redis-server /tmp/sentinel.conf --sentinel`, port, cport)
 		request:      kafkaRequest,
 		url:          func(addr string) string { return "kafka://" + addr },
 		ready:        kafkaReady,
+		addTLS:       addKafkaTLS,
 		startTimeout: 120 * time.Second,
 		stopTimeout:  15 * time.Second,
 	},
@@ -219,9 +226,10 @@ func addKafkaSASL(req *testcontainers.ContainerRequest, addr string, plainUsers 
 	env["KAFKA_LISTENER_NAME_SASL__PLAINTEXT_SCRAM___SHA___512_SASL_JAAS_CONFIG"] = scram
 }
 
-// addKafkaTLS adds an SSL listener at addr to a Kafka request, with the
-// key and certificates of dir/server.pem (mounted at /mq-tls).
-func addKafkaTLS(req *testcontainers.ContainerRequest, addr, dir string) {
+// addKafkaTLS adds an SSL listener on 127.0.0.1:port to a Kafka request,
+// with the key and certificates of dir/server.pem (mounted at /mq-tls).
+func addKafkaTLS(req *testcontainers.ContainerRequest, port int, dir string) error {
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	env := req.Env
 	env["KAFKA_LISTENERS"] += ",SSL://" + addr
 	env["KAFKA_ADVERTISED_LISTENERS"] += ",SSL://" + addr
@@ -236,12 +244,13 @@ func addKafkaTLS(req *testcontainers.ContainerRequest, addr, dir string) {
 		}
 		hc.Binds = append(hc.Binds, dir+":/mq-tls:ro")
 	}
+	return nil
 }
 
 // addRedisTLS adds a TLS port (6380 in the container, hostPort on
 // 127.0.0.1) to a Redis request, with the certificates of dir (mounted at
 // /mq-tls).
-func addRedisTLS(req *testcontainers.ContainerRequest, hostPort int, dir string) {
+func addRedisTLS(req *testcontainers.ContainerRequest, hostPort int, dir string) error {
 	req.Cmd = append(req.Cmd, "--tls-port", "6380", "--tls-cert-file", "/mq-tls/server.crt",
 		"--tls-key-file", "/mq-tls/server.key", "--tls-ca-cert-file", "/mq-tls/ca.crt", "--tls-auth-clients", "no")
 	req.ExposedPorts = append(req.ExposedPorts, "6380/tcp")
@@ -256,6 +265,7 @@ func addRedisTLS(req *testcontainers.ContainerRequest, hostPort int, dir string)
 		}}
 		hc.Binds = append(hc.Binds, dir+":/mq-tls:ro")
 	}
+	return nil
 }
 
 // rabbitTLSConf is the configuration of a RabbitMQ with a TLS listener: the

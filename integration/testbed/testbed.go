@@ -47,8 +47,8 @@ type Broker struct {
 	// SASLAddr is the address of the SASL_PLAINTEXT listener that
 	// WithKafkaSASL adds ("" without it).
 	SASLAddr string
-	// TLSAddr is the address of the TLS listener that WithKafkaTLS or
-	// WithRedisTLS adds ("" without one).
+	// TLSAddr is the address of the TLS listener that WithKafkaTLS,
+	// WithRedisTLS or WithRabbitMQTLS adds ("" without one).
 	TLSAddr string
 
 	spec *spec
@@ -66,9 +66,7 @@ type Option func(*options)
 type options struct {
 	env       map[string]string
 	kafkaSASL map[string]string // PLAIN users; nil: no SASL listener
-	kafkaTLS  string            // directory holding server.pem; "": no SSL listener
-	redisTLS  string            // directory holding server.crt, server.key, ca.crt; "": no TLS port
-	rabbitTLS string            // the same for RabbitMQ
+	tls       map[Kind]string   // a WriteCerts directory per kind that gets a TLS listener
 }
 
 // WithRabbitMQTLS gives a RabbitMQ broker a TLS listener besides its plain
@@ -77,7 +75,7 @@ type options struct {
 // read-only and where it writes the broker's configuration file. Clients
 // are not asked for certificates. It has no effect on other brokers.
 func WithRabbitMQTLS(dir string) Option {
-	return func(o *options) { o.rabbitTLS = dir }
+	return withTLS(KindRabbitMQ, dir)
 }
 
 // WithRedisTLS gives a Redis server a TLS port besides its plain one (its
@@ -85,7 +83,7 @@ func WithRabbitMQTLS(dir string) Option {
 // the container, holding server.crt, server.key and ca.crt in PEM. Clients
 // are not asked for certificates. It has no effect on other brokers.
 func WithRedisTLS(dir string) Option {
-	return func(o *options) { o.redisTLS = dir }
+	return withTLS(KindRedis, dir)
 }
 
 // WithKafkaTLS gives a Kafka broker a TLS listener on 127.0.0.1 (its
@@ -94,7 +92,18 @@ func WithRedisTLS(dir string) Option {
 // key followed by its certificate chain, in PEM. It has no effect on other
 // brokers.
 func WithKafkaTLS(dir string) Option {
-	return func(o *options) { o.kafkaTLS = dir }
+	return withTLS(KindKafka, dir)
+}
+
+// withTLS asks for a TLS listener on brokers of kind, with the
+// certificates in dir.
+func withTLS(kind Kind, dir string) Option {
+	return func(o *options) {
+		if o.tls == nil {
+			o.tls = map[Kind]string{}
+		}
+		o.tls[kind] = dir
+	}
 }
 
 // WithKafkaSASL gives a Kafka broker a second listener, SASL_PLAINTEXT on
@@ -250,31 +259,15 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		addKafkaSASL(&req, saslAddr, o.kafkaSASL)
 	}
 	tlsAddr := ""
-	if sp.kind == KindKafka && o.kafkaTLS != "" {
+	if dir := o.tls[sp.kind]; dir != "" && sp.addTLS != nil {
 		tport, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
-		addKafkaTLS(&req, tlsAddr, o.kafkaTLS)
-	}
-	if sp.kind == KindRabbitMQ && o.rabbitTLS != "" {
-		tport, err := freePort()
-		if err != nil {
+		if err := sp.addTLS(&req, tport, dir); err != nil {
 			return nil, err
 		}
-		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
-		if err := addRabbitTLS(&req, tport, o.rabbitTLS); err != nil {
-			return nil, err
-		}
-	}
-	if sp.kind == KindRedis && o.redisTLS != "" {
-		tport, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		tlsAddr = fmt.Sprintf("127.0.0.1:%d", tport)
-		addRedisTLS(&req, tport, o.redisTLS)
 	}
 	for k, v := range o.env {
 		if req.Env == nil {
