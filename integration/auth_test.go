@@ -6,14 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/integration/testbed"
 	"github.com/redis/go-redis/v9"
 )
 
 // TestCredentials: the right user and password work, a wrong password is
-// a clear error, and no error ever shows the password. (Kafka's SASL
-// mechanisms are tested in package kafka.)
+// a clear error, and no error ever shows the password: Kafka SASL PLAIN and
+// SCRAM-SHA-256/512, a Redis ACL user, a RabbitMQ user.
 func TestCredentials(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs real brokers")
@@ -21,6 +22,36 @@ func TestCredentials(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
+	t.Run("kafka-sasl", func(t *testing.T) {
+		b := testbed.Kafka(t, testbed.WithKafkaSASL(map[string]string{"alice": "alice-pw-1"}))
+		// SCRAM credentials live in the cluster: create them through the
+		// admin API on the plain listener.
+		cfg := sarama.NewConfig()
+		cfg.Version = sarama.V3_9_0_0
+		admin, err := sarama.NewClusterAdmin([]string{b.Addr}, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = admin.UpsertUserScramCredentials([]sarama.AlterUserScramCredentialsUpsert{
+			{Name: "bob", Mechanism: sarama.SCRAM_MECHANISM_SHA_256, Iterations: 8192, Salt: []byte("salt-for-bob-0001"), Password: []byte("bob-pw-256")},
+			{Name: "carol", Mechanism: sarama.SCRAM_MECHANISM_SHA_512, Iterations: 8192, Salt: []byte("salt-for-carol-01"), Password: []byte("carol-pw-512")},
+		})
+		_ = admin.Close()
+		if err != nil {
+			t.Fatalf("create SCRAM users: %v", err)
+		}
+		for _, tc := range []struct{ user, pass, mech string }{
+			{"alice", "alice-pw-1", "plain"},
+			{"bob", "bob-pw-256", "scram-sha-256"},
+			{"carol", "carol-pw-512", "scram-sha-512"},
+		} {
+			t.Run(tc.mech, func(t *testing.T) {
+				params := "/?create_topics=true&dial_timeout=5s&sasl=" + tc.mech
+				roundTrip(ctx, t, "kafka://"+tc.user+":"+tc.pass+"@"+b.SASLAddr+params)
+				checkRefused(ctx, t, "kafka://"+tc.user+":Wr0ng-"+tc.pass+"@"+b.SASLAddr+params, tc.pass, "SASL Authentication failed")
+			})
+		}
+	})
 	t.Run("redis-acl-user", func(t *testing.T) {
 		b := targets[2].shared(t)
 		admin := redis.NewClient(&redis.Options{Addr: b.Addr})
@@ -87,9 +118,9 @@ func checkRefused(ctx context.Context, t *testing.T, rawURL, secret, want string
 	t.Logf("wrong password: %v", err)
 }
 
-// TestTLS: amqps:// and rediss:// against real TLS listeners with
+// TestTLS: kafka:// with tls_ca, amqps:// and rediss:// against real TLS listeners with
 // certificates made by the test; a client trusting another CA gets a clear
-// error. (Kafka's TLS is tested in package kafka.)
+// error.
 func TestTLS(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs real brokers")
@@ -106,6 +137,13 @@ func TestTLS(t *testing.T) {
 			},
 			func(b *testbed.Broker, ca string) string {
 				return "amqps://guest:guest@" + b.TLSAddr + "/?cacertfile=" + ca
+			},
+		},
+		{
+			"kafka",
+			func(t *testing.T, dir string) *testbed.Broker { return testbed.Kafka(t, testbed.WithKafkaTLS(dir)) },
+			func(b *testbed.Broker, ca string) string {
+				return "kafka://" + b.TLSAddr + "/?create_topics=true&dial_timeout=5s&tls_ca=" + ca
 			},
 		},
 		{
