@@ -298,7 +298,7 @@ func TestConsumerCrashLosesNothing(t *testing.T) {
 func TestCrashChild(t *testing.T) {
 	rawURL := os.Getenv("MQ_CRASH_CHILD_URL")
 	if rawURL == "" {
-		t.Skip("run by TestConsumerCrashLosesNothing in a child process")
+		return // not a test of its own: the process TestConsumerCrashLosesNothing starts and kills
 	}
 	c, err := mq.Open(context.Background(), rawURL)
 	if err != nil {
