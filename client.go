@@ -34,7 +34,7 @@ type Client struct {
 //	concurrency=N             handlers run at once per consumer (default 1)
 //	max_in_flight=N           unsettled messages per consumer (default 4×concurrency, at least 16)
 //	shutdown_timeout=DUR      graceful shutdown bound (default 30s)
-//	nack_backoff=DUR          first in-process redelivery delay (default 100ms)
+//	nack_backoff=DUR          first in-process redelivery delay (default 100ms, at least 1ms)
 //	max_nack_backoff=DUR      longest in-process redelivery delay (default 10s)
 //	max_message_bytes=N       reject larger messages before sending
 //
@@ -190,6 +190,9 @@ type options struct {
 	logger          *slog.Logger
 }
 
+// minNackBackoff is the shortest in-process redelivery delay allowed.
+const minNackBackoff = time.Millisecond
+
 func defaultOptions() options {
 	return options{
 		concurrency:     1,
@@ -207,8 +210,12 @@ func (o *options) validate() error {
 		return fmt.Errorf("mq: max in-flight must not be negative, got %d", o.maxInFlight)
 	case o.shutdownTimeout < 0:
 		return fmt.Errorf("mq: shutdown timeout must not be negative, got %v", o.shutdownTimeout)
-	case o.nackBackoff < 0 || o.maxNackBackoff < 0:
-		return errors.New("mq: nack backoff must not be negative")
+	case o.nackBackoff < minNackBackoff:
+		// Zero would hand a failing message straight back to its handler,
+		// again and again, as fast as it fails.
+		return fmt.Errorf("mq: nack backoff must be at least %v, got %v", minNackBackoff, o.nackBackoff)
+	case o.maxNackBackoff < 0:
+		return errors.New("mq: max nack backoff must not be negative")
 	case o.maxMessageBytes < 0:
 		return fmt.Errorf("mq: max message bytes must not be negative, got %d", o.maxMessageBytes)
 	}
@@ -255,7 +262,8 @@ func WithShutdownTimeout(d time.Duration) Option {
 
 // WithNackBackoff sets the delay before a message whose handler failed is
 // handed to the handler again: initial for the first redelivery, doubling
-// up to max (defaults 100ms and 10s).
+// up to max (defaults 100ms and 10s). initial must be at least 1ms: a
+// consumer refuses a smaller one rather than spin on a failing message.
 func WithNackBackoff(initial, max time.Duration) Option {
 	return func(o *options) { o.nackBackoff, o.maxNackBackoff = initial, max }
 }

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/mqkit/mq/internal/backoff"
 )
 
 type stoppingKey struct{}
@@ -126,7 +130,8 @@ func (c *consumer) Close() error {
 // keeping messages of one key in order: a key's messages wait in a queue
 // while one of them runs, and different keys run in parallel. Failed
 // messages are retried in place after a backoff, holding back only their
-// own key.
+// own key. Deliveries whose ownership the driver revokes (Delivery.Lost)
+// are dropped from their queues, their running handlers cancelled.
 type dispatcher struct {
 	h    Handler
 	sub  Subscription
@@ -136,6 +141,8 @@ type dispatcher struct {
 
 	room     chan struct{} // a token when in-flight drops below the bound
 	stopping chan struct{} // closed when shutdown begins; seen by handlers through ShuttingDown
+	quit     chan struct{} // closed when run returns: scope watchers exit
+	watchers sync.WaitGroup
 
 	mu          sync.Mutex
 	outstanding int
@@ -147,6 +154,17 @@ type dispatcher struct {
 	readyHead   int
 	readyCond   sync.Cond // signalled when ready grows or stopped is set
 	stopped     bool
+	scopes      map[<-chan struct{}]*scope // by Delivery.Lost channel
+	lastScope   *scope                     // the scope of the latest submit: most deliveries share it
+}
+
+// scope is the ownership shared by the deliveries that return one Lost
+// channel (a partition claim, a channel, a lease).
+type scope struct {
+	lost   <-chan struct{}
+	ctx    context.Context // handlers' context for its deliveries: cancelled when lost
+	cancel context.CancelFunc
+	gone   atomic.Bool // lost: never ack, never retry; set under d.mu
 }
 
 // keyQueue holds the unsettled messages of one key (or a single message
@@ -157,10 +175,21 @@ type keyQueue struct {
 	key        string
 	tasks      []task
 	head       int
+	state      queueState
 	first      [1]task   // backing array for the common single-message queue
 	prev, next *keyQueue // ring of live queues, for nackAll
 	timer      *time.Timer
 }
+
+// queueState says where a live queue's head task is.
+type queueState uint8
+
+const (
+	queueReady   queueState = iota // in the ready list
+	queueRunning                   // taken by a worker
+	queueWaiting                   // waiting for its retry timer
+	queueParked                    // shutting down: runs nothing more
+)
 
 // maxFreeQueues bounds the free list; maxKeptTasks is the largest task
 // array a freed queue keeps.
@@ -172,6 +201,7 @@ const (
 type task struct {
 	d       Delivery
 	m       *Message
+	sc      *scope // nil: never lost
 	retries int
 }
 
@@ -182,7 +212,9 @@ func newDispatcher(h Handler, sub Subscription, o options) *dispatcher {
 		o:        o,
 		room:     make(chan struct{}, 1),
 		stopping: make(chan struct{}),
+		quit:     make(chan struct{}),
 		keys:     make(map[string]*keyQueue),
+		scopes:   make(map[<-chan struct{}]*scope),
 	}
 	d.live.prev, d.live.next = &d.live, &d.live
 	d.readyCond.L = &d.mu
@@ -198,6 +230,7 @@ func (d *dispatcher) pushReady(q *keyQueue) {
 		d.ready, d.readyHead = d.ready[:n], 0
 	}
 	d.ready = append(d.ready, q)
+	q.state = queueReady
 	d.readyCond.Signal()
 }
 
@@ -209,7 +242,18 @@ func (d *dispatcher) popReady() *keyQueue {
 	if d.readyHead == len(d.ready) {
 		d.ready, d.readyHead = d.ready[:0], 0
 	}
+	q.state = queueRunning
 	return q
+}
+
+// unready takes q out of the ready list. d.mu is held.
+func (d *dispatcher) unready(q *keyQueue) {
+	if i := slices.Index(d.ready[d.readyHead:], q); i >= 0 {
+		d.ready = slices.Delete(d.ready, d.readyHead+i, d.readyHead+i+1)
+		if d.readyHead == len(d.ready) {
+			d.ready, d.readyHead = d.ready[:0], 0
+		}
+	}
 }
 
 // newQueue returns an empty queue for key, linked into the live ring. d.mu
@@ -289,6 +333,8 @@ func (d *dispatcher) run(ctx context.Context) error {
 	}
 	t.Stop()
 	d.nackAll()
+	close(d.quit)
+	d.watchers.Wait()
 	return fatal
 }
 
@@ -324,7 +370,7 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 				return err
 			}
 			failures++
-			wait := backoff(failures, 100*time.Millisecond, 5*time.Second)
+			wait := backoff.Exp(failures, 100*time.Millisecond, 5*time.Second)
 			d.o.log().Warn("mq: receive failed; retrying", "error", err, "retry_in", wait)
 			select {
 			case <-time.After(wait):
@@ -347,6 +393,9 @@ func (d *dispatcher) submit(dl Delivery) {
 	t := task{d: dl, m: dl.Message()}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if lost := dl.Lost(); lost != nil {
+		t.sc = d.scopeLocked(lost)
+	}
 	d.outstanding++
 	if t.m.Key != "" {
 		if q := d.keys[t.m.Key]; q != nil {
@@ -368,6 +417,114 @@ func (d *dispatcher) submit(dl Delivery) {
 	d.pushReady(q)
 }
 
+// scopeLocked returns the scope of a Lost channel, making it (and the
+// goroutine that waits for the channel) on first sight. d.mu is held.
+func (d *dispatcher) scopeLocked(lost <-chan struct{}) *scope {
+	if sc := d.lastScope; sc != nil && sc.lost == lost {
+		return sc
+	}
+	sc := d.scopes[lost]
+	if sc == nil {
+		sc = &scope{lost: lost}
+		sc.ctx, sc.cancel = context.WithCancel(d.hctx)
+		d.scopes[lost] = sc
+		d.watchers.Add(1)
+		go func() {
+			defer d.watchers.Done()
+			select {
+			case <-lost:
+				d.lose(sc)
+			case <-d.quit:
+				sc.cancel()
+			}
+		}()
+	}
+	d.lastScope = sc
+	return sc
+}
+
+// lose handles the end of a scope's ownership: its handlers' context is
+// cancelled, and its deliveries that are not running are dropped from
+// their queues and given up with Nack. Running ones are given up when
+// their handler returns (runTask).
+func (d *dispatcher) lose(sc *scope) {
+	d.mu.Lock()
+	sc.gone.Store(true)
+	sc.cancel()
+	delete(d.scopes, sc.lost)
+	if d.lastScope == sc {
+		d.lastScope = nil
+	}
+	var dropped []Delivery
+	for q := d.live.next; q != &d.live; {
+		next := q.next
+		dropped = d.dropLocked(q, sc, dropped)
+		q = next
+	}
+	d.outstanding -= len(dropped)
+	wake := d.waitRoom && len(dropped) > 0
+	if wake {
+		d.waitRoom = false
+	}
+	d.mu.Unlock()
+	if len(dropped) > 0 {
+		d.o.log().Warn("mq: the broker took back deliveries of this consumer (rebalance, lost channel or lease); dropping them, their new owner handles them",
+			"dropped", len(dropped))
+	}
+	for _, dl := range dropped {
+		d.nack(dl)
+	}
+	if wake {
+		select {
+		case d.room <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// dropLocked removes sc's tasks from q, except a running head, and
+// appends their deliveries to dropped. d.mu is held.
+func (d *dispatcher) dropLocked(q *keyQueue, sc *scope, dropped []Delivery) []Delivery {
+	start := q.head
+	if q.state == queueRunning {
+		start++ // settled by runTask when its handler returns
+	}
+	n, headDropped := start, false
+	for i := start; i < len(q.tasks); i++ {
+		t := q.tasks[i]
+		if t.sc == sc {
+			dropped = append(dropped, t.d)
+			headDropped = headDropped || i == q.head
+			continue
+		}
+		q.tasks[n] = t
+		n++
+	}
+	if n == len(q.tasks) {
+		return dropped
+	}
+	clear(q.tasks[n:])
+	q.tasks = q.tasks[:n]
+	if headDropped && q.state == queueWaiting {
+		q.timer.Stop()
+		q.timer = nil
+	}
+	switch {
+	case q.head == len(q.tasks):
+		if q.state == queueReady {
+			d.unready(q)
+		}
+		d.releaseQueue(q)
+	case headDropped && q.state == queueWaiting:
+		if d.stopped {
+			q.state = queueParked
+		} else {
+			d.pushReady(q)
+		}
+	}
+	return dropped
+}
+
 func (d *dispatcher) work() {
 	for {
 		d.mu.Lock()
@@ -386,55 +543,85 @@ func (d *dispatcher) work() {
 }
 
 func (d *dispatcher) runTask(q *keyQueue, t task) {
-	err := d.call(t.m)
-	if err == nil {
+	ctx := d.hctx
+	if t.sc != nil {
+		ctx = t.sc.ctx
+	}
+	err := d.call(ctx, t.m)
+	if err == nil && (t.sc == nil || !t.sc.gone.Load()) {
 		if aerr := t.d.Ack(d.actx); aerr != nil {
 			d.o.log().Warn("mq: ack failed; the broker will deliver the message again", "id", t.m.ID, "error", aerr)
 		}
-		d.mu.Lock()
-		q.tasks[q.head] = task{}
-		q.head++
-		d.outstanding--
-		if q.head == len(q.tasks) {
-			d.releaseQueue(q)
-		} else if !d.stopped {
-			d.pushReady(q)
-		}
-		wake := d.waitRoom
-		d.waitRoom = false
-		d.mu.Unlock()
-		if wake {
-			select {
-			case d.room <- struct{}{}:
-			default:
-			}
-		}
+		d.advance(q)
 		return
 	}
 
 	// Failed: hand the same message to the handler again after a backoff,
-	// holding back the rest of its key. At shutdown it is nacked instead.
+	// holding back the rest of its key. At shutdown it is nacked instead,
+	// and once its ownership is lost it is given up.
 	d.mu.Lock()
+	if t.sc != nil && t.sc.gone.Load() {
+		d.mu.Unlock()
+		d.nack(t.d)
+		d.advance(q)
+		return
+	}
 	defer d.mu.Unlock()
 	if d.stopped {
+		q.state = queueParked
 		return
 	}
 	head := &q.tasks[q.head]
 	head.retries++
-	head.m.Attempt++
-	wait := backoff(head.retries, d.o.nackBackoff, d.o.maxNackBackoff)
-	q.timer = time.AfterFunc(wait, func() {
+	if !NotAnAttempt(err) {
+		head.m.Attempt++
+	}
+	wait := backoff.Exp(head.retries, d.o.nackBackoff, d.o.maxNackBackoff)
+	q.state = queueWaiting
+	var timer *time.Timer
+	timer = time.AfterFunc(wait, func() {
 		d.mu.Lock()
 		defer d.mu.Unlock()
+		if q.timer != timer {
+			return // stopped: the task was dropped or the consumer stopped
+		}
 		q.timer = nil
-		if !d.stopped {
+		if d.stopped {
+			q.state = queueParked
+		} else {
 			d.pushReady(q)
 		}
 	})
+	q.timer = timer
+}
+
+// advance takes q's settled head task off and makes the next one ready.
+func (d *dispatcher) advance(q *keyQueue) {
+	d.mu.Lock()
+	q.tasks[q.head] = task{}
+	q.head++
+	d.outstanding--
+	switch {
+	case q.head == len(q.tasks):
+		d.releaseQueue(q)
+	case d.stopped:
+		q.state = queueParked
+	default:
+		d.pushReady(q)
+	}
+	wake := d.waitRoom
+	d.waitRoom = false
+	d.mu.Unlock()
+	if wake {
+		select {
+		case d.room <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // call runs the handler, turning a panic into a *PanicError.
-func (d *dispatcher) call(m *Message) (err error) {
+func (d *dispatcher) call(ctx context.Context, m *Message) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			pe := &PanicError{Value: r, Stack: debug.Stack()}
@@ -442,7 +629,7 @@ func (d *dispatcher) call(m *Message) (err error) {
 			err = pe
 		}
 	}()
-	return d.h.Handle(d.hctx, m)
+	return d.h.Handle(ctx, m)
 }
 
 // nackAll returns every unsettled message to the broker. Workers have
@@ -479,14 +666,4 @@ func (d *dispatcher) nack(dl Delivery) {
 	if err := dl.Nack(d.actx); err != nil && !errors.Is(err, ErrClosed) {
 		d.o.log().Warn("mq: nack failed; the broker will deliver the message again", "id", dl.Message().ID, "error", err)
 	}
-}
-
-// backoff returns the n-th (from 1) delay of an exponential backoff from
-// initial to max.
-func backoff(n int, initial, max time.Duration) time.Duration {
-	d := initial
-	for i := 1; i < n && d < max; i++ {
-		d *= 2
-	}
-	return min(d, max)
 }

@@ -57,6 +57,7 @@ func (d *greedyDelivery) Ack(context.Context) error {
 	return nil
 }
 func (d *greedyDelivery) Nack(context.Context) error { return nil }
+func (d *greedyDelivery) Lost() <-chan struct{}      { return nil }
 
 func TestConsumerSurvivesOversizedBatches(t *testing.T) {
 	conn := &greedyConn{total: 500}

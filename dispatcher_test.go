@@ -36,7 +36,7 @@ func TestDispatcherKeyOrderWithRetries(t *testing.T) {
 			c := mq.NewClient(memory.NewBroker(memory.Config{Capacity: n}).Conn())
 			defer c.Close()
 			cons, err := c.Consumer(ctx, "t", mq.WithGroup("g"), mq.WithConcurrency(tc.concurrency),
-				mq.WithMaxInFlight(tc.inFlight), mq.WithNackBackoff(time.Microsecond, time.Millisecond))
+				mq.WithMaxInFlight(tc.inFlight), mq.WithNackBackoff(time.Millisecond, 2*time.Millisecond))
 			if err != nil {
 				t.Fatal(err)
 			}

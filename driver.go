@@ -81,9 +81,27 @@ type Delivery interface {
 	Ack(ctx context.Context) error
 	// Nack returns the message to the broker for redelivery, to this or
 	// another member of the group. The portable layer calls it for messages
-	// it fetched but did not finish (at shutdown); handler errors are
-	// retried in-process instead, which keeps key order.
+	// it fetched but did not finish (at shutdown), and for every delivery
+	// whose Lost channel closed (see Lost); handler errors are retried
+	// in-process instead, which keeps key order.
 	Nack(ctx context.Context) error
+	// Lost returns a channel that the driver closes when the subscription
+	// loses the right to settle the delivery: its Kafka partition was
+	// revoked, its AMQP channel closed, its Redis shard lease or pending
+	// entry passed to another consumer (or may have: a driver fences by its
+	// own clock, with a margin, rather than wait to learn it). Deliveries
+	// that share one right (one partition claim, one channel, one lease)
+	// return the same channel. Nil means the delivery is never lost while
+	// the subscription is open.
+	//
+	// Once Lost is closed the portable layer never acknowledges the
+	// delivery nor hands it to the handler again: it cancels the context
+	// of a handler still running it, drops it and every delivery of the
+	// same channel still queued or waiting for a retry, and settles each
+	// of them with Nack exactly once (when the handler returns, for a
+	// running one). A driver's Nack of a lost delivery only gives it up:
+	// the message's new owner delivers it again.
+	Lost() <-chan struct{}
 }
 
 // Sizer is implemented by a Conn that knows the largest message its broker

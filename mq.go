@@ -229,7 +229,32 @@ var (
 	// back later: retry middleware waits on it without using up attempts,
 	// and dead-letter middleware never dead-letters it.
 	ErrInProgress = errors.New("mq: message is being handled elsewhere")
+
+	// ErrUnavailable is wrapped by every error that a broker, or a store
+	// the SDK's middleware uses (a dedup or attempt store), returns while
+	// it cannot be reached or is not serving: a refused or dropped
+	// connection, a timeout talking to it, a cluster with no leader or
+	// primary for the data. Such a failure is transient: retrying the same
+	// call later may succeed, so Produce may be called again with the same
+	// messages (their IDs make it safe for consumers that deduplicate).
+	//
+	// Returned by (or wrapped in) a handler's error, it means the message
+	// could not be handled for want of infrastructure, not that it is bad:
+	// the consumer and middleware.Retry retry it without using up an
+	// attempt (Attempt stays as it was), and dead-letter middleware never
+	// dead-letters it.
+	ErrUnavailable = errors.New("mq: broker or store unavailable")
 )
+
+// NotAnAttempt reports whether err wraps ErrInProgress or ErrUnavailable:
+// the handler did not fail at the message itself (another consumer is
+// handling it, or a broker or store it needs is down). Retry and
+// dead-letter middleware and the consumer's own redelivery use it so that
+// such a failure never counts as one of the message's attempts and never
+// sends it to a dead-letter topic.
+func NotAnAttempt(err error) bool {
+	return errors.Is(err, ErrInProgress) || errors.Is(err, ErrUnavailable)
+}
 
 // permanentError marks an error that retrying will not fix.
 type permanentError struct{ err error }

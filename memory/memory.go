@@ -372,6 +372,10 @@ func (d *delivery) Ack(context.Context) error { return d.settle(false) }
 
 func (d *delivery) Nack(context.Context) error { return d.settle(true) }
 
+// Lost returns nil: a member keeps its deliveries until it settles them or
+// closes.
+func (d *delivery) Lost() <-chan struct{} { return nil }
+
 func (d *delivery) settle(requeue bool) error {
 	t := d.s.t
 	t.mu.Lock()
