@@ -47,6 +47,10 @@ type Harness struct {
 
 	// TopicPrefix starts every topic name the suite makes. Default "mqtest".
 	TopicPrefix string
+
+	// Features says what the backend keeps exact where backends differ;
+	// the suite checks each claim (see Features).
+	Features Features
 }
 
 // Run runs the whole conformance suite as subtests of t.
@@ -84,6 +88,9 @@ func Run(t *testing.T, h Harness) {
 		{"ConsumeAfterClose", s.testConsumeAfterClose},
 		{"CloseIsIdempotent", s.testCloseIdempotent},
 		{"InvalidInput", s.testInvalidInput},
+		{"EarlyMessages", s.testEarlyMessages},
+		{"AttemptsAcrossMembers", s.testAttemptsAcrossMembers},
+		{"KeyOrderAcrossMembers", s.testKeyOrderAcrossMembers},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.fn)
