@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mqkit/mq/internal/urlparams"
 )
 
 // Client is an open connection to one broker, from which producers and
@@ -284,49 +285,19 @@ func (o *options) log() *slog.Logger {
 	return slog.Default()
 }
 
-// fromQuery takes the portable parameters out of u's query.
+// fromQuery takes the portable parameters out of u's query, leaving the
+// backend's own in it.
 func (o *options) fromQuery(u *url.URL) error {
-	q := u.Query()
-	var errs []error
-	take := func(name string, set func(string) error) {
-		if !q.Has(name) {
-			return
-		}
-		v := q.Get(name)
-		q.Del(name)
-		if err := set(v); err != nil {
-			errs = append(errs, fmt.Errorf("parameter %s=%q: %w", name, v, err))
-		}
-	}
-	intParam := func(dst *int) func(string) error {
-		return func(s string) error {
-			n, err := strconv.Atoi(s)
-			if err != nil {
-				return errors.New("not a whole number")
-			}
-			*dst = n
-			return nil
-		}
-	}
-	durParam := func(dst *time.Duration) func(string) error {
-		return func(s string) error {
-			d, err := time.ParseDuration(s)
-			if err != nil {
-				return errors.New("not a duration such as 250ms or 5s")
-			}
-			*dst = d
-			return nil
-		}
-	}
-	take("group", func(s string) error { o.group = s; return nil })
-	take("concurrency", intParam(&o.concurrency))
-	take("max_in_flight", intParam(&o.maxInFlight))
-	take("shutdown_timeout", durParam(&o.shutdownTimeout))
-	take("nack_backoff", durParam(&o.nackBackoff))
-	take("max_nack_backoff", durParam(&o.maxNackBackoff))
-	take("max_message_bytes", intParam(&o.maxMessageBytes))
-	u.RawQuery = q.Encode()
-	return errors.Join(errs...)
+	q := urlparams.New(u.Query())
+	q.String("group", &o.group)
+	q.Int("concurrency", &o.concurrency, 1)
+	q.Int("max_in_flight", &o.maxInFlight, 0)
+	q.Duration("shutdown_timeout", &o.shutdownTimeout, 0)
+	q.Duration("nack_backoff", &o.nackBackoff, minNackBackoff)
+	q.Duration("max_nack_backoff", &o.maxNackBackoff, 0)
+	q.Int("max_message_bytes", &o.maxMessageBytes, 0)
+	u.RawQuery = q.Rest().Encode()
+	return q.Invalid() // the backend reads, and checks, the parameters left
 }
 
 // parseURL parses rawURL without ever echoing its password in an error.

@@ -167,6 +167,20 @@ type scope struct {
 	gone   atomic.Bool // lost: never ack, never retry; set under d.mu
 }
 
+// isLost reports whether the scope's ownership ended: lose ran, or the
+// channel closed and its watcher has yet to run lose.
+func (sc *scope) isLost() bool {
+	if sc.gone.Load() {
+		return true
+	}
+	select {
+	case <-sc.lost:
+		return true
+	default:
+		return false
+	}
+}
+
 // keyQueue holds the unsettled messages of one key (or a single message
 // with an empty key). tasks[head] is the one running or due to run next.
 // Emptied queues go to the dispatcher's free list with their arrays, so a
@@ -547,8 +561,14 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 	if t.sc != nil {
 		ctx = t.sc.ctx
 	}
+	if t.sc != nil && t.sc.isLost() {
+		// Lost before it ran (received just as the channel closed).
+		d.nack(t.d)
+		d.advance(q)
+		return
+	}
 	err := d.call(ctx, t.m)
-	if err == nil && (t.sc == nil || !t.sc.gone.Load()) {
+	if err == nil && (t.sc == nil || !t.sc.isLost()) {
 		if aerr := t.d.Ack(d.actx); aerr != nil {
 			d.o.log().Warn("mq: ack failed; the broker will deliver the message again", "id", t.m.ID, "error", aerr)
 		}
@@ -560,7 +580,7 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 	// holding back the rest of its key. At shutdown it is nacked instead,
 	// and once its ownership is lost it is given up.
 	d.mu.Lock()
-	if t.sc != nil && t.sc.gone.Load() {
+	if t.sc != nil && t.sc.isLost() {
 		d.mu.Unlock()
 		d.nack(t.d)
 		d.advance(q)

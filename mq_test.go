@@ -30,7 +30,7 @@ func TestOpenErrors(t *testing.T) {
 		{"kafka://user:s3cret@host:9092/%zz", mq.ErrInvalidURL, "user:xxxxx@"},
 		{"mem://?concurrency=abc", mq.ErrInvalidURL, "concurrency"},
 		{"mem://?shutdown_timeout=forever", mq.ErrInvalidURL, "shutdown_timeout"},
-		{"mem://?concurrency=0", nil, "concurrency must be at least 1"},
+		{"mem://?concurrency=0", mq.ErrInvalidURL, `concurrency="0": want a whole number above 0`},
 		{"mem://?bogus=1", mq.ErrInvalidURL, `unknown mem:// parameter "bogus"`},
 		{"mem://?when_full=maybe", mq.ErrInvalidURL, "when_full"},
 		{"mem://somehost", mq.ErrInvalidURL, "no host"},
