@@ -140,6 +140,26 @@ func (c *Client) Consumer(ctx context.Context, topic string, opts ...Option) (Co
 	return cons, nil
 }
 
+// DeleteGroup deletes a consumer group of topic and what the broker keeps
+// for it: its committed offsets (Kafka), its queues (RabbitMQ), its
+// pending entries (Redis). Stop the group's consumers first: a member that
+// still runs may create it again. Deleting a group that does not exist
+// returns nil. Backends that cannot delete groups return an error wrapping
+// errors.ErrUnsupported.
+func (c *Client) DeleteGroup(ctx context.Context, topic, group string) error {
+	if c.isClosed() {
+		return ErrClosed
+	}
+	gd, ok := c.conn.(GroupDeleter)
+	if !ok {
+		return fmt.Errorf("mq: %s cannot delete consumer groups: %w", c.redacted, errors.ErrUnsupported)
+	}
+	if err := gd.DeleteGroup(ctx, topic, group); err != nil {
+		return fmt.Errorf("mq: delete group %q of %q: %w", group, topic, err)
+	}
+	return nil
+}
+
 func (c *Client) forget(cons *consumer) {
 	c.mu.Lock()
 	delete(c.consumers, cons)

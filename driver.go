@@ -113,6 +113,16 @@ type Sizer interface {
 	MaxMessageBytes() int
 }
 
+// GroupDeleter is implemented by a Conn that can delete a consumer group
+// of a topic with everything the broker keeps for it (committed offsets,
+// its queues, its pending entries). Client.DeleteGroup calls it.
+type GroupDeleter interface {
+	// DeleteGroup deletes group on topic. Messages kept only for the group
+	// are gone; other groups are untouched. Deleting a group that does
+	// not exist returns nil.
+	DeleteGroup(ctx context.Context, topic, group string) error
+}
+
 var drivers struct {
 	mu sync.RWMutex
 	m  map[string]Driver
