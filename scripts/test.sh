@@ -6,7 +6,10 @@
 #      broker images exist (building them from Debian packages on a cold
 #      machine), then its environment (MQ_TEST_*_IMAGE, TESTCONTAINERS_*) is
 #      exported.
-#   3. go test -race -count=1 ./... : unit tests and the tests against real
+#   3. Interop clients: scripts/interop.sh makes a Python virtualenv with
+#      confluent-kafka, pika and redis-py (cached by a hash of
+#      integration/interop/requirements.txt) for the foreign-client tests.
+#   4. go test -race -count=1 ./... : unit tests and the tests against real
 #      Redis, RabbitMQ and Kafka containers.
 #
 # With CI=true a broker that cannot be started fails its tests (outside CI
@@ -57,6 +60,13 @@ bash scripts/testbed.sh >/dev/null
 # shellcheck disable=SC1091
 source .testbed.env
 env | grep -E '^(MQ_TEST_|TESTCONTAINERS_|CI=)' | sort | sed 's/^/    /'
+end
+
+begin "interop clients (python venv)"
+# Clients nobody here wrote, from PyPI: the interop tests drive them.
+bash scripts/interop.sh >/dev/null
+# shellcheck disable=SC1091
+source .testbed.env
 end
 
 begin "go test -race ./..."
