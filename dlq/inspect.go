@@ -127,6 +127,11 @@ type RedriveResult struct {
 	Kept int
 	// Unroutable counts the kept dead letters that had no HeaderTopic.
 	Unroutable int
+	// Left counts dead letters Redrive received but left in the
+	// dead-letter topic for a later call: copies it kept that came round
+	// again, second dead letters of an ID it already handled, and the
+	// letters behind such a one in the same ordered stream (see Redrive).
+	Left int
 }
 
 // Redrive moves the dead letters of dlqTopic that filter matches (all of
@@ -146,7 +151,21 @@ type RedriveResult struct {
 // acknowledges it. When such a copy, or any dead letter whose ID Redrive
 // already handled in this call, comes round again, Redrive leaves it
 // unacknowledged and returns it to the broker at the end, so each dead
-// letter is handled at most once per call. Consequences to know:
+// letter is handled at most once per call.
+//
+// Where the broker keeps one position per ordered stream rather than an
+// acknowledgement per message (a Kafka partition: its committed offset
+// cannot pass an unacknowledged message), the letters behind one left in
+// place would be read again by the next call, and moving them now would
+// move them twice. So once Redrive leaves a dead letter in place, it also
+// leaves every later dead letter that shares its ownership scope (the same
+// mq.Delivery Lost channel: one Kafka partition claim, one AMQP channel,
+// one Redis shard lease) for a later call, and it leaves every letter
+// whose scope it has lost. Each dead letter is thus moved exactly once
+// across calls: a later Redrive starts where this one stopped. Deliveries
+// without a scope (Lost is nil, as on mem://) are acknowledged one by one,
+// so only the letter itself is left. Result.Left counts what was left.
+// Consequences to know:
 //
 //   - kept dead letters move to the back of the dead-letter topic, and
 //     other consumer groups of that topic (alerting, say) see them again,
@@ -174,15 +193,30 @@ func Redrive(ctx context.Context, c *mq.Client, dlqTopic string, filter func(*mq
 	p := c.Producer()
 	defer p.Close()
 	seen := make(map[string]struct{})
-	for len(seen) < o.maxScan {
-		ds, err := receive(ctx, sub, o.maxScan, o.idle)
+	// stopped holds the ownership scopes in which a letter was left in
+	// place: later letters of those scopes are left too.
+	stopped := make(map[<-chan struct{}]struct{})
+	// scanned counts the deliveries received, handled or left: all of them
+	// are held until the end, so the scan bound bounds both.
+	for scanned := 0; scanned < o.maxScan; {
+		ds, err := receive(ctx, sub, o.maxScan-scanned, o.idle)
+		scanned += len(ds)
 		for _, d := range ds {
 			m := d.Message()
-			if _, again := seen[m.ID]; again {
-				continue // left unacknowledged: it stays in the topic
+			scope := d.Lost()
+			if _, ok := stopped[scope]; ok && scope != nil {
+				res.Left++ // behind a letter left in place
+				continue
 			}
-			if len(seen) >= o.maxScan {
-				break
+			_, again := seen[m.ID]
+			if again || lost(scope) {
+				// Left unacknowledged: it stays in the topic, and so does
+				// everything behind it in its scope.
+				res.Left++
+				if scope != nil {
+					stopped[scope] = struct{}{}
+				}
+				continue
 			}
 			seen[m.ID] = struct{}{}
 			if err := redriveOne(ctx, p, dlqTopic, d, filter, &res); err != nil {
@@ -240,6 +274,17 @@ func Restore(dead *mq.Message) *mq.Message {
 	n, _ := strconv.Atoi(dead.Header(HeaderRedriveCount))
 	h[HeaderRedriveCount] = strconv.Itoa(max(n, 0) + 1)
 	return &mq.Message{ID: dead.ID, Key: dead.Key, Body: dead.Body, Headers: h}
+}
+
+// lost reports whether a delivery's Lost channel is closed: the
+// subscription may no longer settle it.
+func lost(scope <-chan struct{}) bool {
+	select {
+	case <-scope:
+		return true
+	default:
+		return false // also for a nil scope, never lost
+	}
 }
 
 // closeSub leaves the group, reporting a failure in *err.

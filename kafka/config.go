@@ -72,8 +72,11 @@ type Config struct {
 	Balance string
 	// DrainTimeout bounds how long a partition being revoked by a
 	// rebalance waits for its in-flight handlers before its offsets are
-	// committed and it is released. Default 15s. Messages still running
-	// after it are redelivered to the new owner (at least once).
+	// committed and it is released. Default 15s. When it passes, the
+	// handlers still running get their context cancelled, the partition's
+	// messages not yet started are dropped, and all of them are delivered
+	// again by the new owner (at least once). See "Rebalances" in the
+	// package documentation.
 	DrainTimeout time.Duration
 	// SessionTimeout is the consumer group session timeout. Default 10s.
 	SessionTimeout time.Duration

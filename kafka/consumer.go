@@ -12,6 +12,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/backoff"
 )
 
 // subscription is one member of a consumer group. A goroutine runs sarama's
@@ -55,12 +56,12 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 	// connections, and closing it must not disturb the producer.
 	client, err := newClient(ctx, c.cfg.Brokers, c.sc)
 	if err != nil {
-		return nil, fmt.Errorf("kafka: connect consumer: %w", err)
+		return nil, classify(fmt.Errorf("kafka: connect consumer: %w", err))
 	}
 	cg, err := sarama.NewConsumerGroupFromClient(group, client)
 	if err != nil {
 		_ = client.Close()
-		return nil, fmt.Errorf("kafka: consumer group %q: %w", group, err)
+		return nil, classify(fmt.Errorf("kafka: consumer group %q: %w", group, err))
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
@@ -99,12 +100,10 @@ func (s *subscription) run(ctx context.Context) {
 			return
 		}
 		failures++
-		wait := min(time.Duration(failures)*200*time.Millisecond, 5*time.Second)
-		slog.Default().Warn("kafka: consumer group session failed; rejoining", "group", s.group, "topic", s.topic, "error", err, "retry_in", wait)
-		select {
-		case <-ctx.Done():
+		wait := backoff.Equal(backoff.Exp(failures, 200*time.Millisecond, 5*time.Second))
+		slog.Default().Warn("kafka: consumer group session failed; rejoining", "group", s.group, "topic", s.topic, "error", classify(err), "retry_in", wait)
+		if !backoff.Sleep(ctx, wait, nil) {
 			return
-		case <-time.After(wait):
 		}
 	}
 }
@@ -118,10 +117,11 @@ func (s *subscription) Cleanup(sarama.ConsumerGroupSession) error { return nil }
 
 // ConsumeClaim feeds one partition's messages to the queue until the
 // session ends, then drains: it waits (bounded) for the handlers of the
-// messages it handed out, commits what finished, and gives up the rest to
-// the partition's next owner.
+// messages it handed out, ends the claim (closing its Lost channel, so the
+// portable consumer cancels what still runs and drops what waits), commits
+// what finished, and gives up the rest to the partition's next owner.
 func (s *subscription) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
-	pt := &partition{s: s, sess: sess, topic: claim.Topic(), id: claim.Partition(), settled: make(chan struct{}, 1)}
+	pt := newPartition(s, sess, claim.Topic(), claim.Partition())
 	ctx := sess.Context()
 feed:
 	for {
@@ -298,6 +298,7 @@ type partition struct {
 	topic   string
 	id      int32
 	settled chan struct{} // a token each time an offset is settled
+	lost    chan struct{} // closed when the claim ends: what its deliveries' Lost returns
 
 	mu sync.Mutex
 	// offsets[head:] are the offsets fetched and not yet committed,
@@ -310,7 +311,11 @@ type partition struct {
 	head     int
 	waiting  int  // handed out and neither acked nor given up
 	draining bool // the session ended: drain waits for settled tokens, and nacks are given up, not requeued
-	ended    bool // the claim is over; late acks are refused
+	ended    bool // the claim is over: lost is closed and late acks are refused
+}
+
+func newPartition(s *subscription, sess sarama.ConsumerGroupSession, topic string, id int32) *partition {
+	return &partition{s: s, sess: sess, topic: topic, id: id, settled: make(chan struct{}, 1), lost: make(chan struct{})}
 }
 
 func (p *partition) track(msg *sarama.ConsumerMessage) *delivery {
@@ -402,20 +407,30 @@ func (p *partition) signal() {
 	}
 }
 
+// end ends the claim: from now on acks are refused, nacks give up, and
+// the deliveries' Lost channel is closed. It is idempotent.
+func (p *partition) end() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.ended {
+		p.ended = true
+		close(p.lost)
+	}
+}
+
 // drain waits until every offset handed out was acked or given up, the
 // timeout passes, or the subscription is leaving (its owner settled what it
-// meant to), and then ends the claim.
+// meant to), and then ends the claim. Until then the member still owns the
+// partition: handlers keep running and their acks are committed.
 func (p *partition) drain(timeout time.Duration, leaving <-chan struct{}) {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	defer func() {
-		p.mu.Lock()
-		p.ended = true
-		p.mu.Unlock()
-	}()
+	defer p.end()
+	p.mu.Lock()
+	p.draining = true
+	p.mu.Unlock()
 	for {
 		p.mu.Lock()
-		p.draining = true
 		left := p.waiting
 		p.mu.Unlock()
 		if left <= 0 {
@@ -426,7 +441,8 @@ func (p *partition) drain(timeout time.Duration, leaving <-chan struct{}) {
 		case <-leaving:
 			return
 		case <-deadline.C:
-			slog.Default().Warn("kafka: partition revoked with handlers still running; their messages will be delivered again", "topic", p.topic, "partition", p.id, "unfinished", left)
+			slog.Default().Warn("kafka: partition revoked with handlers still running; cancelling them, their messages will be delivered again by the partition's next owner",
+				"topic", p.topic, "partition", p.id, "unfinished", left, "drain_timeout", timeout)
 			return
 		}
 	}
@@ -445,12 +461,21 @@ func (d *delivery) Message() *mq.Message { return &d.msg }
 
 func (d *delivery) Ack(context.Context) error { return d.pt.ack(d.offset) }
 
-// Nack gives the message back: it is delivered again by this member while
-// it keeps the partition, and otherwise by the partition's next owner.
+// Nack gives the message back. While this member holds the partition and
+// is not draining it, the message is queued again for Receive (before
+// everything fetched later). Once the partition is draining or its claim
+// ended, or the subscription is closed, Nack only gives the message up:
+// its offset stays uncommitted and the partition's next owner delivers it.
 func (d *delivery) Nack(context.Context) error {
 	d.pt.s.requeue(d)
 	return nil
 }
+
+// Lost returns the partition claim's channel, closed when the claim ends:
+// when the drain after a revoke ends (everything settled, Config.DrainTimeout
+// passed, or the subscription is leaving), and so at the latest when the
+// subscription closes. Every delivery of one claim returns the same channel.
+func (d *delivery) Lost() <-chan struct{} { return d.pt.lost }
 
 // toMessage converts a record into a new Message.
 func toMessage(r *sarama.ConsumerMessage) *mq.Message {

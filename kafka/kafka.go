@@ -23,10 +23,43 @@
 // concurrently across keys inside one partition (the mq consumer's
 // key-ordered concurrency). A handler error is retried in-process (Kafka has
 // no broker-side nack), holding back only later messages of the same key.
-// When a rebalance revokes a partition, its in-flight handlers get
-// Config.DrainTimeout to finish and their offsets are committed before the
-// partition is released. Kafka keeps no delivery count, so Attempt starts at
-// 1 again after a restart or rebalance.
+// Kafka keeps no delivery count, so Attempt starts at 1 again after a
+// restart or rebalance.
+//
+// # Rebalances
+//
+// When a rebalance revokes a partition, this member drains it: messages
+// fetched but not yet handed to the portable consumer are dropped, and the
+// member keeps the partition until the messages it handed out are settled,
+// for at most Config.DrainTimeout. During the drain handlers keep running
+// (the consumer may also start messages of the partition it already holds)
+// and their acks are committed when it ends, so finished work is not
+// redelivered. The drain ends when everything is settled, when the timeout
+// passes, or at once when the subscription is closing. Then the claim is
+// over: every delivery of the partition reports it through mq.Delivery's
+// Lost channel (one per partition claim), so the portable consumer cancels
+// the context of handlers still running, drops the partition's messages
+// waiting in it and never acknowledges them; their offsets stay
+// uncommitted and the partition's next owner delivers them again, from the
+// committed offset, with Attempt 1. The finished offsets are committed and
+// the partition is released only after that.
+//
+// Kafka cannot fence a member: a handler that ignores its context and is
+// still running after the drain ended may overlap with the next owner
+// handling the same message and the ones after it. Keep handlers shorter
+// than Config.DrainTimeout or let them honour ctx; per-key order across
+// members holds for handlers that do.
+//
+// # Errors
+//
+// Errors from a cluster that cannot be reached or cannot serve the request
+// right now (no broker reachable, connections refused, reset or timed out,
+// sarama's circuit breaker open, no partition leader, not enough in-sync
+// replicas, a coordinator or controller moving) wrap mq.ErrUnavailable
+// along with sarama's error, from Produce, mq.Open, Consumer, Lag and
+// CreateTopic alike. A context that ends first gives the context's error
+// instead. Produce during or after Close returns an error wrapping
+// mq.ErrClosed.
 //
 // Records written by other clients are consumed too: a record without the
 // "mq-id" header gets the ID "<topic>/<partition>/<offset>", stable across
@@ -98,7 +131,7 @@ func NewConn(ctx context.Context, cfg Config) (*Conn, error) {
 	}
 	client, err := newClient(ctx, cfg.Brokers, sc)
 	if err != nil {
-		return nil, fmt.Errorf("kafka: connect to %v: %w", cfg.Brokers, err)
+		return nil, classify(fmt.Errorf("kafka: connect to %v: %w", cfg.Brokers, err))
 	}
 	return &Conn{cfg: cfg, sc: sc, client: client, topics: map[string]bool{}, subs: map[*subscription]struct{}{}}, nil
 }
@@ -228,7 +261,7 @@ func (c *Conn) topicExists(topic string) (bool, error) {
 	case errors.Is(err, sarama.ErrUnknownTopicOrPartition):
 		return false, nil
 	default:
-		return false, fmt.Errorf("kafka: metadata for %q: %w", topic, err)
+		return false, classify(fmt.Errorf("kafka: metadata for %q: %w", topic, err))
 	}
 }
 
@@ -239,7 +272,7 @@ func (c *Conn) topicExists(topic string) (bool, error) {
 func (c *Conn) CreateTopic(ctx context.Context, topic string, partitions int32, replication int16) error {
 	admin, err := c.adminClient()
 	if err != nil {
-		return fmt.Errorf("kafka: admin client: %w", err)
+		return classify(fmt.Errorf("kafka: admin client: %w", err))
 	}
 	if partitions <= 0 {
 		partitions = 1
@@ -254,7 +287,7 @@ func (c *Conn) CreateTopic(ctx context.Context, topic string, partitions int32, 
 	}
 	// A *sarama.TopicError unwraps to its KError, so errors.Is sees it.
 	if err := admin.CreateTopic(topic, detail, false); err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
-		return fmt.Errorf("kafka: create topic %q: %w", topic, err)
+		return classify(fmt.Errorf("kafka: create topic %q: %w", topic, err))
 	}
 	for {
 		if ok, err := c.topicExists(topic); err == nil && ok {
@@ -285,18 +318,21 @@ type PartitionLag struct {
 func (c *Conn) Lag(ctx context.Context, topic, group string) ([]PartitionLag, error) {
 	admin, err := c.adminClient()
 	if err != nil {
-		return nil, fmt.Errorf("kafka: admin client: %w", err)
+		return nil, classify(fmt.Errorf("kafka: admin client: %w", err))
 	}
 	if err := c.client.RefreshMetadata(topic); err != nil {
-		return nil, fmt.Errorf("kafka: metadata for %q: %w", topic, err)
+		return nil, classify(fmt.Errorf("kafka: metadata for %q: %w", topic, err))
 	}
 	parts, err := c.client.Partitions(topic)
 	if err != nil {
-		return nil, fmt.Errorf("kafka: partitions of %q: %w", topic, err)
+		return nil, classify(fmt.Errorf("kafka: partitions of %q: %w", topic, err))
 	}
 	offs, err := admin.ListConsumerGroupOffsets(group, map[string][]int32{topic: parts})
 	if err != nil {
-		return nil, fmt.Errorf("kafka: offsets of group %q: %w", group, err)
+		return nil, classify(fmt.Errorf("kafka: offsets of group %q: %w", group, err))
+	}
+	if offs.Err != sarama.ErrNoError {
+		return nil, classify(fmt.Errorf("kafka: offsets of group %q: %w", group, offs.Err))
 	}
 	out := make([]PartitionLag, 0, len(parts))
 	for _, p := range parts {
@@ -305,7 +341,7 @@ func (c *Conn) Lag(ctx context.Context, topic, group string) ([]PartitionLag, er
 		}
 		end, err := c.client.GetOffset(topic, p, sarama.OffsetNewest)
 		if err != nil {
-			return nil, fmt.Errorf("kafka: end offset of %s/%d: %w", topic, p, err)
+			return nil, classify(fmt.Errorf("kafka: end offset of %s/%d: %w", topic, p, err))
 		}
 		pl := PartitionLag{Partition: p, Committed: -1, End: end}
 		if b := offs.GetBlock(topic, p); b != nil && b.Offset >= 0 {
@@ -314,7 +350,7 @@ func (c *Conn) Lag(ctx context.Context, topic, group string) ([]PartitionLag, er
 		} else {
 			oldest, err := c.client.GetOffset(topic, p, sarama.OffsetOldest)
 			if err != nil {
-				return nil, fmt.Errorf("kafka: oldest offset of %s/%d: %w", topic, p, err)
+				return nil, classify(fmt.Errorf("kafka: oldest offset of %s/%d: %w", topic, p, err))
 			}
 			pl.Lag = end - oldest
 		}

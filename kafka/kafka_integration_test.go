@@ -42,6 +42,11 @@ func TestKafka(t *testing.T) {
 			MaxBodyBytes: 1 << 20,
 			Timeout:      90 * time.Second,
 			SettleTime:   2 * time.Second,
+			Features: mqtest.Features{
+				KeepsEarlyMessages:    true, // retained; a new group starts at the oldest offset
+				Attempts:              mqtest.AttemptsReset,
+				KeyOrderAcrossMembers: true, // a key maps to one partition, one member at a time
+			},
 		})
 	})
 	t.Run("KeyOrderOnePartitionConcurrency16", func(t *testing.T) { testKeyOrderOnePartition(t, open(t, "&partitions=1")) })

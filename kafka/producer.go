@@ -12,10 +12,18 @@ import (
 
 // producer pipelines messages through one sarama AsyncProducer and routes
 // each acknowledgement back to the Send call that is waiting for it.
+//
+// sarama closes the AsyncProducer's input channel when it shuts down, so a
+// send on it racing close would panic. Hand-offs therefore hold mu for
+// reading and give up as soon as closing is closed; close closes closing,
+// takes mu for writing (waiting for hand-offs in progress to stop) and only
+// then shuts sarama down.
 type producer struct {
-	ap   sarama.AsyncProducer
-	done chan struct{} // closed when the result loop has drained
-	once sync.Once
+	ap      sarama.AsyncProducer
+	done    chan struct{} // closed when the result loop has drained
+	closing chan struct{} // closed when close begins
+	mu      sync.RWMutex  // read: a hand-off to ap.Input is in progress; write: close
+	once    sync.Once
 }
 
 // batch is one Send call waiting for its messages' acknowledgements.
@@ -51,7 +59,7 @@ func (c *Conn) producer() (*producer, error) {
 			c.prodErr = fmt.Errorf("kafka: producer: %w", err)
 			return
 		}
-		p := &producer{ap: ap, done: make(chan struct{})}
+		p := &producer{ap: ap, done: make(chan struct{}), closing: make(chan struct{})}
 		go p.results()
 		c.prod = p
 	})
@@ -94,24 +102,54 @@ func produceError(e *sarama.ProducerError) error {
 		err = fmt.Errorf("%w: %w", mq.ErrMessageTooLarge, err)
 	case errors.Is(err, sarama.ErrUnknownTopicOrPartition):
 		err = fmt.Errorf("%w: %w", ErrNoTopic, err)
-	case errors.Is(err, sarama.ErrShuttingDown):
-		err = fmt.Errorf("%w: %w", mq.ErrClosed, err)
+	default:
+		err = classify(err)
 	}
 	return fmt.Errorf("message %s to %s: %w", id, e.Msg.Topic, err)
 }
 
+// close shuts the producer down once no hand-off is in progress, and waits
+// until sarama reported the outcome of every message it was handed.
 func (p *producer) close() error {
-	var err error
 	p.once.Do(func() {
+		close(p.closing)
+		p.mu.Lock() // hand-offs in progress see closing and return
 		p.ap.AsyncClose()
+		p.mu.Unlock()
 		<-p.done
 	})
-	return err
+	return nil
+}
+
+// hand gives pms to sarama in order. It returns how many it handed over
+// and, when it stopped early, why: ctx ended or the producer is closing
+// (an error wrapping mq.ErrClosed).
+func (p *producer) hand(ctx context.Context, pms []sarama.ProducerMessage) (int, error) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	select {
+	case <-p.closing:
+		return 0, mq.ErrClosed
+	default:
+	}
+	for i := range pms {
+		select {
+		case p.ap.Input() <- &pms[i]:
+		case <-p.closing:
+			return i, mq.ErrClosed
+		case <-ctx.Done():
+			return i, ctx.Err()
+		}
+	}
+	return len(pms), nil
 }
 
 // Send produces msgs and waits until all of them are acknowledged by all
 // in-sync replicas. If ctx ends first, Send returns its error while the
-// messages may still be written.
+// messages may still be written. Send during or after Close returns an
+// error wrapping mq.ErrClosed (the messages it handed to sarama before
+// Close began may still be written: the error says how many); an outage of
+// the cluster gives an error wrapping mq.ErrUnavailable.
 func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error {
 	if c.isClosed() {
 		return mq.ErrClosed
@@ -121,7 +159,7 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 	}
 	p, err := c.producer()
 	if err != nil {
-		return err
+		return classify(err)
 	}
 	limit := c.cfg.maxMessageBytes()
 	b := &batch{remaining: len(msgs), done: make(chan struct{})}
@@ -148,17 +186,13 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 			return fmt.Errorf("%w: message %s is %d bytes as a Kafka record, the limit is %d (message_max_bytes)", mq.ErrMessageTooLarge, m.ID, n, limit)
 		}
 	}
-	for i := range pms {
-		select {
-		case p.ap.Input() <- &pms[i]:
-		case <-ctx.Done():
-			// The rest were never handed over: count them as finished so
-			// the batch's bookkeeping stays right for the ones in flight.
-			for range pms[i:] {
-				b.finish(ctx.Err())
-			}
-			return fmt.Errorf("kafka: produce to %q: %w (%d of %d messages handed to the producer may still be written)", topic, ctx.Err(), i, len(pms))
+	if n, err := p.hand(ctx, pms); err != nil {
+		// The rest were never handed over: count them as finished so the
+		// batch's bookkeeping stays right for the ones in flight.
+		for range pms[n:] {
+			b.finish(err)
 		}
+		return fmt.Errorf("kafka: produce to %q: %w (%d of %d messages handed to the producer may still be written)", topic, err, n, len(pms))
 	}
 	select {
 	case <-b.done:
