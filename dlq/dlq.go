@@ -11,15 +11,53 @@
 // topic, the consumer group, the error text, the attempt count, the first
 // and last failure time and, for a panic, the stack. Only after the
 // dead-letter publish has been accepted does the middleware return nil, so
-// the consumer acknowledges the original. If the publish fails, it returns
-// an error wrapping both failures, so the original is not acknowledged and
-// comes back: a message is never dropped.
+// the consumer acknowledges the original.
+//
+// A failed dead-letter publish is retried in place, with a growing backoff
+// (see [Config.PublishBackoff]), without running the handler again: its
+// side effects already happened once. Only when the consumer shuts down,
+// the context ends, or the publish cannot succeed (the producer is closed,
+// the dead letter is too large or invalid) does the middleware give up and
+// return an error wrapping both failures, so the original is not
+// acknowledged and comes back: a message is never dropped.
+//
+// A handler error that is not the message's fault, one for which
+// [mq.NotAnAttempt] holds (another consumer is handling it, or a broker or
+// store is unavailable), is never dead-lettered: it is returned, and the
+// message comes back.
 //
 // Put the dead-letter middleware outside retries, so a message is
 // dead-lettered once, after its retry budget is spent. middleware.Stack
 // builds that order, with this middleware as its DeadLetter layer:
 //
 //	throttle -> dlq -> retry -> timeout -> dedup -> recover -> handler
+//
+// # Attempts and crash loops
+//
+// [Config.MaxAttempts] dead-letters a message that comes back more often
+// than it allows, without calling the handler: this ends the loop of a
+// message that kills the process before its handler returns. It needs a
+// delivery count that survives the process, and what [mq.Message.Attempt]
+// holds after a crash depends on the broker:
+//
+//	| backend                  | Attempt after a crash or restart        | AttemptCounter needed |
+//	|--------------------------|-----------------------------------------|-----------------------|
+//	| mem://                   | exact (the process is the broker)       | no                    |
+//	| Redis Streams            | exact (the stream's delivery count)     | no                    |
+//	| RabbitMQ quorum queue    | exact (x-delivery-count)                | no                    |
+//	| RabbitMQ classic queue   | 2 at most (only the redelivered flag)   | yes                   |
+//	| Kafka                    | 1 again (Kafka keeps no count)          | yes                   |
+//
+// Where the broker keeps no count, set [Config.AttemptCounter] to a store
+// shared by the service's instances (package
+// github.com/mqkit/mq/idempotency/redisstore's Store is one): the
+// middleware counts each delivery there before calling the handler, keyed
+// by group, topic and message ID, and uses the larger of that count and
+// Attempt. The count is deleted once the message is handled or
+// dead-lettered, and expires after [Config.AttemptTTL] otherwise; a
+// delivery that ends in an mq.NotAnAttempt error is taken back off it.
+// Within one process, Attempt also counts the calls middleware.Retry
+// makes, so the larger of the two is right on every backend.
 //
 // # Start-up
 //
@@ -51,6 +89,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/backoff"
 )
 
 // Headers set on a dead letter, besides the message's own headers. Every
@@ -72,8 +111,9 @@ const (
 	HeaderReason = "mq-dlq-reason"
 	// HeaderAttempts holds how many times the handler ran for the message,
 	// in decimal: the message's Attempt, which middleware.Retry and the
-	// consumer's redeliveries both increment per call. For
-	// ReasonMaxAttempts it is the calls made before the refused delivery.
+	// consumer's redeliveries both increment per call, or the count of
+	// Config.AttemptCounter when that is higher. For ReasonMaxAttempts it
+	// is the attempts made before the refused delivery.
 	HeaderAttempts = "mq-dlq-attempts"
 	// HeaderFirstFailure holds when the message first failed (RFC 3339,
 	// UTC, nanoseconds), from HeaderRetryFirstFailure when a retry
@@ -130,6 +170,42 @@ var (
 	ErrTooManyAttempts = errors.New("dlq: too many delivery attempts")
 )
 
+// AttemptCounter counts the deliveries of messages in storage that outlives
+// the process, so that Config.MaxAttempts ends crash loops on brokers that
+// keep no delivery count (see the package documentation). Implementations
+// are safe for concurrent use, also from several processes when shared:
+// package idempotency's MemoryStore (in-process only, for tests) and
+// package idempotency/redisstore's Store implement it.
+//
+// An error that means the counter's storage could not be reached should
+// wrap mq.ErrUnavailable; the middleware wraps it in that anyway.
+type AttemptCounter interface {
+	// CountAttempt adds one to key's count atomically and returns the
+	// new count (1 for a key not counted yet, or whose count expired). The
+	// count expires ttl (which must be positive) after this call, unless
+	// counted again.
+	CountAttempt(ctx context.Context, key string, ttl time.Duration) (int, error)
+
+	// UndoAttempt takes one off key's count: the delivery counted last
+	// turned out not to be an attempt. A count never goes below zero, and
+	// an absent key stays absent.
+	UndoAttempt(ctx context.Context, key string) error
+
+	// ForgetAttempts deletes key's count: the message was handled or
+	// dead-lettered. Forgetting an absent key returns nil.
+	ForgetAttempts(ctx context.Context, key string) error
+}
+
+// Defaults of Config.
+const (
+	// DefaultAttemptTTL is the default Config.AttemptTTL.
+	DefaultAttemptTTL = 24 * time.Hour
+	// DefaultPublishBackoff and DefaultMaxPublishBackoff are the default
+	// first and longest wait between dead-letter publish attempts.
+	DefaultPublishBackoff    = 100 * time.Millisecond
+	DefaultMaxPublishBackoff = 10 * time.Second
+)
+
 // Config configures the dead-letter middleware.
 type Config struct {
 	// Producer publishes dead letters. Required. It may be a producer of
@@ -145,13 +221,37 @@ type Config struct {
 	Group string
 
 	// MaxAttempts bounds redeliveries: a message that arrives with its
-	// Attempt above MaxAttempts is dead-lettered at once, without calling
-	// the handler. This ends crash loops (a message that kills the process
-	// before its handler returns) and messages whose dead-letter publish
-	// kept failing. Attempt counts handler calls (middleware.Retry
-	// increments it per retry), so set MaxAttempts at or above the retry
-	// budget. Zero means no such bound.
+	// Attempt (or its AttemptCounter count, when higher) above MaxAttempts
+	// is dead-lettered at once, without calling the handler. This ends
+	// crash loops: a message that kills the process before its handler
+	// returns. Attempt counts handler calls (middleware.Retry increments it
+	// per retry), so set MaxAttempts at or above the retry budget. On
+	// Kafka and RabbitMQ classic queues Attempt does not survive a crash:
+	// set AttemptCounter too (see the package documentation). Zero means
+	// no such bound.
 	MaxAttempts int
+
+	// AttemptCounter, when set, counts every delivery in storage that
+	// outlives the process (see AttemptCounter), for MaxAttempts and
+	// HeaderAttempts. Group is then required: the count's key is
+	// "<Group>:<topic>:<message ID>". Each delivery costs two calls to it
+	// (a count, and a forget once the message is settled). When the
+	// counter cannot be reached the handler is not called and an error
+	// wrapping mq.ErrUnavailable is returned: the message comes back
+	// later, and is never dead-lettered for it.
+	AttemptCounter AttemptCounter
+
+	// AttemptTTL is how long a count is kept after the delivery that last
+	// changed it: it must be longer than the time between two deliveries
+	// of a message that crashes its consumer (a restart, a rebalance).
+	// Default DefaultAttemptTTL.
+	AttemptTTL time.Duration
+
+	// PublishBackoff is the first wait after a failed dead-letter publish;
+	// each further failure doubles it, up to MaxPublishBackoff, with
+	// random jitter. Defaults DefaultPublishBackoff and
+	// DefaultMaxPublishBackoff.
+	PublishBackoff, MaxPublishBackoff time.Duration
 
 	// Logger receives a warning for every dead letter and an error for
 	// every failed dead-letter publish. Default slog.Default().
@@ -169,8 +269,9 @@ type Config struct {
 func DefaultTopic(source string) string { return source + ".dlq" }
 
 // New returns dead-letter middleware configured by cfg. It fails with an
-// error wrapping ErrInvalidConfig when cfg.Producer is nil or
-// cfg.MaxAttempts is negative.
+// error wrapping ErrInvalidConfig when cfg.Producer is nil, cfg.MaxAttempts
+// or a duration is negative, or cfg.AttemptCounter is set without
+// cfg.Group.
 //
 // The middleware does not dead-letter when the handler's context is done
 // (the consumer is shutting down): it returns the handler's error, and the
@@ -181,6 +282,21 @@ func New(cfg Config) (mq.Middleware, error) {
 	}
 	if cfg.MaxAttempts < 0 {
 		return nil, fmt.Errorf("%w: MaxAttempts is %d; use 0 for no limit", ErrInvalidConfig, cfg.MaxAttempts)
+	}
+	if cfg.AttemptTTL < 0 || cfg.PublishBackoff < 0 || cfg.MaxPublishBackoff < 0 {
+		return nil, fmt.Errorf("%w: AttemptTTL, PublishBackoff and MaxPublishBackoff must not be negative", ErrInvalidConfig)
+	}
+	if cfg.AttemptCounter != nil && cfg.Group == "" {
+		return nil, fmt.Errorf("%w: AttemptCounter needs Group, which keeps the counts of consumer groups apart", ErrInvalidConfig)
+	}
+	if cfg.AttemptTTL == 0 {
+		cfg.AttemptTTL = DefaultAttemptTTL
+	}
+	if cfg.PublishBackoff == 0 {
+		cfg.PublishBackoff = DefaultPublishBackoff
+	}
+	if cfg.MaxPublishBackoff == 0 {
+		cfg.MaxPublishBackoff = DefaultMaxPublishBackoff
 	}
 	if cfg.Topic == nil {
 		cfg.Topic = DefaultTopic
@@ -199,24 +315,58 @@ type handler struct {
 }
 
 func (h *handler) Handle(ctx context.Context, m *mq.Message) error {
-	if h.cfg.MaxAttempts > 0 && m.Attempt > h.cfg.MaxAttempts {
-		cause := fmt.Errorf("%w: delivery attempt %d is above MaxAttempts %d", ErrTooManyAttempts, m.Attempt, h.cfg.MaxAttempts)
-		return h.deadLetter(ctx, m, m.Headers, cause)
+	counted, key := 0, ""
+	if c := h.cfg.AttemptCounter; c != nil {
+		key = h.cfg.Group + ":" + m.Topic + ":" + m.ID
+		n, err := c.CountAttempt(ctx, key, h.cfg.AttemptTTL)
+		if err != nil {
+			if !errors.Is(err, mq.ErrUnavailable) {
+				err = fmt.Errorf("%w: %w", mq.ErrUnavailable, err)
+			}
+			return fmt.Errorf("dlq: counting the attempts of %s failed, so it was not handled: %w", m.ID, err)
+		}
+		counted = n
+	}
+	if attempt := max(m.Attempt, counted); h.cfg.MaxAttempts > 0 && attempt > h.cfg.MaxAttempts {
+		cause := fmt.Errorf("%w: delivery attempt %d is above MaxAttempts %d", ErrTooManyAttempts, attempt, h.cfg.MaxAttempts)
+		return h.deadLetter(ctx, m, m.Headers, cause, attempt-1, key)
 	}
 	// The dead letter carries the headers the message arrived with, not
 	// what inner middleware or the handler wrote into them.
 	orig := maps.Clone(m.Headers)
 	err := h.call(ctx, m)
 	if err == nil {
+		h.forget(ctx, m, key)
 		return nil
 	}
-	if ctx.Err() != nil || mq.IsShuttingDown(ctx) || errors.Is(err, mq.ErrInProgress) {
-		// Shutting down: let the message go back to the broker rather than
-		// dead-letter it for an error the shutdown may have caused. In
-		// progress elsewhere: it is being handled, not failing.
+	if mq.NotAnAttempt(err) {
+		// In progress elsewhere, or a broker or store is down: the message
+		// is not failing, so it comes back, and this was not an attempt.
+		if key != "" {
+			if uerr := h.cfg.AttemptCounter.UndoAttempt(context.WithoutCancel(ctx), key); uerr != nil {
+				h.cfg.Logger.Warn("dlq: could not take back a delivery count; the message has one attempt less before MaxAttempts",
+					"id", m.ID, "topic", m.Topic, "error", uerr)
+			}
+		}
 		return err
 	}
-	return h.deadLetter(ctx, m, orig, err)
+	if ctx.Err() != nil || mq.IsShuttingDown(ctx) {
+		// Shutting down: let the message go back to the broker rather than
+		// dead-letter it for an error the shutdown may have caused.
+		return err
+	}
+	return h.deadLetter(ctx, m, orig, err, max(m.Attempt, counted, 1), key)
+}
+
+// forget deletes the delivery count of a settled message, if counting.
+func (h *handler) forget(ctx context.Context, m *mq.Message, key string) {
+	if key == "" {
+		return
+	}
+	if err := h.cfg.AttemptCounter.ForgetAttempts(context.WithoutCancel(ctx), key); err != nil {
+		h.cfg.Logger.Warn("dlq: could not forget a settled message's delivery count; it expires after AttemptTTL",
+			"id", m.ID, "topic", m.Topic, "error", err)
+	}
 }
 
 // call runs the next handler, turning a panic into an *mq.PanicError so a
@@ -230,7 +380,9 @@ func (h *handler) call(ctx context.Context, m *mq.Message) (err error) {
 	return h.next.Handle(ctx, m)
 }
 
-func (h *handler) deadLetter(ctx context.Context, m *mq.Message, orig map[string]string, cause error) error {
+// deadLetter publishes m's dead letter, retrying the publish until it is
+// accepted, and then forgets m's delivery count (key, if counting).
+func (h *handler) deadLetter(ctx context.Context, m *mq.Message, orig map[string]string, cause error, attempts int, key string) error {
 	if m.Topic == "" {
 		return fmt.Errorf("dlq: message %s has no Topic, so its dead-letter topic is unknown (handler error: %w)", m.ID, cause)
 	}
@@ -245,7 +397,6 @@ func (h *handler) deadLetter(ctx context.Context, m *mq.Message, orig map[string
 	if t, err := time.Parse(time.RFC3339Nano, m.Header(HeaderRetryFirstFailure)); err == nil {
 		first = t.UTC()
 	}
-	attempts := max(m.Attempt, 1)
 	reason := ReasonError
 	var pe *mq.PanicError
 	switch {
@@ -254,7 +405,6 @@ func (h *handler) deadLetter(ctx context.Context, m *mq.Message, orig map[string
 		headers[HeaderPanicStack] = truncate(string(pe.Stack), maxStackBytes)
 	case errors.Is(cause, ErrTooManyAttempts):
 		reason = ReasonMaxAttempts
-		attempts = m.Attempt - 1
 	case mq.IsPermanent(cause):
 		reason = ReasonPermanent
 	}
@@ -272,17 +422,41 @@ func (h *handler) deadLetter(ctx context.Context, m *mq.Message, orig map[string
 	}
 	dead := &mq.Message{ID: m.ID, Key: m.Key, Body: m.Body, Headers: headers}
 	topic := h.cfg.Topic(m.Topic)
-	if err := h.cfg.Producer.Produce(ctx, topic, dead); err != nil {
-		h.cfg.Logger.Error("dlq: dead-letter publish failed; the message goes back to the broker",
-			"id", m.ID, "topic", m.Topic, "dlq_topic", topic, "error", err, "cause", cause)
-		return fmt.Errorf("dlq: publishing %s to %q failed, so it was not acknowledged: %w (handler error: %w)", m.ID, topic, err, cause)
+	if err := h.publish(ctx, m, topic, dead, cause); err != nil {
+		return err
 	}
+	h.forget(ctx, m, key)
 	h.cfg.Logger.Warn("dlq: message dead-lettered",
 		"id", m.ID, "topic", m.Topic, "dlq_topic", topic, "reason", reason, "attempts", attempts, "error", cause)
 	if h.cfg.OnDeadLetter != nil {
 		h.cfg.OnDeadLetter(ctx, dead, cause)
 	}
 	return nil
+}
+
+// publish produces the dead letter, retrying with a growing backoff until
+// it is accepted, ctx is done, the consumer begins shutting down, or the
+// error says a retry cannot succeed. Every failure is logged.
+func (h *handler) publish(ctx context.Context, m *mq.Message, topic string, dead *mq.Message, cause error) error {
+	for failures := 1; ; failures++ {
+		err := h.cfg.Producer.Produce(ctx, topic, dead)
+		if err == nil {
+			return nil
+		}
+		final := mq.IsPermanent(err) || errors.Is(err, mq.ErrClosed) ||
+			errors.Is(err, mq.ErrMessageTooLarge) || errors.Is(err, mq.ErrInvalidMessage)
+		wait := backoff.Equal(backoff.Exp(failures, h.cfg.PublishBackoff, h.cfg.MaxPublishBackoff))
+		if !final && ctx.Err() == nil && !mq.IsShuttingDown(ctx) {
+			h.cfg.Logger.Error("dlq: dead-letter publish failed; retrying it (the handler does not run again)",
+				"id", m.ID, "topic", m.Topic, "dlq_topic", topic, "failures", failures, "retry_in", wait, "error", err, "cause", cause)
+			if backoff.Sleep(ctx, wait, mq.ShuttingDown(ctx)) {
+				continue
+			}
+		}
+		h.cfg.Logger.Error("dlq: dead-letter publish failed; the message goes back to the broker",
+			"id", m.ID, "topic", m.Topic, "dlq_topic", topic, "failures", failures, "error", err, "cause", cause)
+		return fmt.Errorf("dlq: publishing %s to %q failed %d times, so it was not acknowledged: %w (handler error: %w)", m.ID, topic, failures, err, cause)
+	}
 }
 
 // truncate cuts s to at most n bytes on a rune boundary, marking the cut.

@@ -1,9 +1,11 @@
 package dlq_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/dlq"
+	"github.com/mqkit/mq/idempotency"
 	"github.com/mqkit/mq/memory"
 	"github.com/mqkit/mq/middleware"
 )
@@ -236,18 +239,8 @@ func TestDeadLetters(t *testing.T) {
 			pubFailures: 2,
 			wantReason:  dlq.ReasonError,
 			wantError:   "boom",
-			wantCalls:   3, // nacked twice, redelivered, handled again
-			wantAttempt: "3",
-		},
-		{
-			name:        "max attempts stops a loop",
-			handler:     func(context.Context, *mq.Message) error { return errBoom },
-			pubFailures: 2,
-			maxAttempts: 2,
-			wantReason:  dlq.ReasonMaxAttempts,
-			wantError:   "above MaxAttempts 2",
-			wantCalls:   2, // the third delivery skips the handler
-			wantAttempt: "2",
+			wantCalls:   1, // the publish is retried, not the handler
+			wantAttempt: "1",
 		},
 	}
 	for _, tc := range tests {
@@ -265,10 +258,11 @@ func TestDeadLetters(t *testing.T) {
 			prod.failures.Store(tc.pubFailures)
 			var notified atomic.Int32
 			mw, err := dlq.New(dlq.Config{
-				Producer:     prod,
-				Group:        group,
-				MaxAttempts:  tc.maxAttempts,
-				OnDeadLetter: func(context.Context, *mq.Message, error) { notified.Add(1) },
+				Producer:       prod,
+				Group:          group,
+				MaxAttempts:    tc.maxAttempts,
+				PublishBackoff: time.Millisecond,
+				OnDeadLetter:   func(context.Context, *mq.Message, error) { notified.Add(1) },
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -382,19 +376,140 @@ func TestDirectHandle(t *testing.T) {
 	}
 }
 
+// TestPublishFailureWrapsBoth: when the dead-letter publish cannot succeed
+// (a final error, or the context ends while it is retried), the error
+// returned wraps both the publish error and the handler's.
 func TestPublishFailureWrapsBoth(t *testing.T) {
+	errBoom := errors.New("boom")
+	tests := []struct {
+		name      string
+		pubErr    error
+		timeout   time.Duration
+		wantCalls int32 // publish attempts; 0 means more than one
+	}{
+		{"final publish error", fmt.Errorf("too big: %w", mq.ErrMessageTooLarge), 0, 1},
+		{"context ends while retrying", errBrokerDown, 200 * time.Millisecond, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			prod := producerFunc(func(context.Context, string, ...*mq.Message) error { calls.Add(1); return tc.pubErr })
+			mw, err := dlq.New(dlq.Config{Producer: prod, PublishBackoff: time.Millisecond, MaxPublishBackoff: 10 * time.Millisecond, Logger: discard})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			h := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { return mq.Permanent(errBoom) }))
+			err = h.Handle(ctx, &mq.Message{ID: "m1", Topic: "t", Attempt: 1})
+			if !errors.Is(err, tc.pubErr) || !errors.Is(err, errBoom) {
+				t.Fatalf("Handle = %v, want an error wrapping both the publish and the handler error", err)
+			}
+			if n := calls.Load(); (tc.wantCalls > 0 && n != tc.wantCalls) || (tc.wantCalls == 0 && n < 2) {
+				t.Fatalf("%d publish attempts, want %d (0: several)", n, tc.wantCalls)
+			}
+		})
+	}
+}
+
+// TestPublishRetriedNotHandler: a dead-letter publish that fails N times is
+// retried in place until it is accepted; the handler, whose side effects
+// already happened, runs once, and every failure is logged. Before, the
+// whole chain was retried: the handler ran N+1 times.
+func TestPublishRetriedNotHandler(t *testing.T) {
+	const failures = 4
 	e := newEnv(t)
+	const src, group = "orders", "billing"
+	dlqTopic := dlq.DefaultTopic(src)
+	if err := dlq.Ensure(testCtx(t), e.c, dlqTopic); err != nil {
+		t.Fatal(err)
+	}
+	dead := newRecorder()
+	e.consume(t, dlqTopic, "check", dead)
 	prod := &flakyProducer{Producer: e.c.Producer()}
-	prod.failures.Store(1)
-	mw, err := dlq.New(dlq.Config{Producer: prod})
+	prod.failures.Store(failures)
+	var logs syncBuffer
+	mw, err := dlq.New(dlq.Config{
+		Producer: prod, Group: group, PublishBackoff: time.Millisecond, MaxPublishBackoff: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	errBoom := errors.New("boom")
-	h := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { return mq.Permanent(errBoom) }))
-	err = h.Handle(context.Background(), &mq.Message{ID: "m1", Topic: "t", Attempt: 1})
-	if !errors.Is(err, errBrokerDown) || !errors.Is(err, errBoom) {
-		t.Fatalf("Handle = %v, want an error wrapping both the publish and the handler error", err)
+	var calls atomic.Int32
+	e.consume(t, src, group, mq.Chain(mq.HandlerFunc(func(context.Context, *mq.Message) error {
+		calls.Add(1) // say, the card was charged, then the receipt failed
+		return errors.New("receipt service down")
+	}), mw))
+	e.produce(t, src, &mq.Message{ID: "pay-1"})
+	got := dead.waitN(t, 1)
+	if len(got) != 1 || got[0].ID != "pay-1" {
+		t.Fatalf("dead letters %v, want exactly pay-1", ids(got))
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1: a failed dead-letter publish re-ran it", n)
+	}
+	if n := prod.calls.Load(); n != failures+1 {
+		t.Errorf("%d publishes, want %d", n, failures+1)
+	}
+	if n := strings.Count(logs.String(), "dead-letter publish failed; retrying"); n != failures {
+		t.Errorf("%d publish failures logged, want %d:\n%s", n, failures, logs.String())
+	}
+	if got[0].Header(dlq.HeaderAttempts) != "1" {
+		t.Errorf("attempts header %q, want 1", got[0].Header(dlq.HeaderAttempts))
+	}
+	if !e.settled(src, group) {
+		t.Errorf("source group still holds the message: %+v", e.b.Stats())
+	}
+}
+
+// TestPublishRetryStopsAtShutdown: a dead-letter publish that keeps failing
+// is retried until the consumer shuts down; then the message goes back to
+// the broker, unacknowledged, and Consume returns promptly.
+func TestPublishRetryStopsAtShutdown(t *testing.T) {
+	e := newEnv(t)
+	var pubs atomic.Int32
+	prod := producerFunc(func(context.Context, string, ...*mq.Message) error { pubs.Add(1); return errBrokerDown })
+	mw, err := dlq.New(dlq.Config{Producer: prod, PublishBackoff: time.Millisecond, MaxPublishBackoff: 5 * time.Millisecond, Logger: discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := e.c.Consumer(testCtx(t), "t", mq.WithGroup("g"), mq.WithShutdownTimeout(wait))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	var calls atomic.Int32
+	go func() {
+		done <- cons.Consume(ctx, mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { calls.Add(1); return errors.New("boom") })))
+	}()
+	e.produce(t, "t", &mq.Message{ID: "m1"})
+	deadline := time.Now().Add(wait)
+	for pubs.Load() < 5 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wait / 2):
+		t.Fatal("Consume did not return: the publish retry ignored the shutdown")
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+	for _, s := range e.b.Stats() {
+		if s.Topic == "t" && (s.Ready != 1 || s.Unacked != 0) {
+			t.Errorf("after shutdown %+v, want the message back (ready 1)", s)
+		}
 	}
 }
 
@@ -707,27 +822,196 @@ func TestOptionsValidated(t *testing.T) {
 	}
 }
 
-// TestInProgressIsNotDeadLettered: a message another consumer is handling
-// right now (dedup reports its claim busy) is not failing; it must come back,
-// never land in the DLQ.
-func TestInProgressIsNotDeadLettered(t *testing.T) {
+// TestNotAnAttemptIsNotDeadLettered: a message another consumer is handling
+// right now, or that could not be handled because a store or broker is
+// down, is not failing: it must come back, never land in the DLQ, also not
+// through MaxAttempts after coming back many times.
+func TestNotAnAttemptIsNotDeadLettered(t *testing.T) {
+	errs := map[string]error{
+		"in progress":            fmt.Errorf("claim held: %w", mq.ErrInProgress),
+		"store down":             fmt.Errorf("claim: %w: dial tcp 127.0.0.1:1: connection refused", mq.ErrUnavailable),
+		"store down after retry": &middleware.RetryError{Attempts: 1, Err: fmt.Errorf("x: %w", mq.ErrUnavailable)},
+	}
+	for name, handlerErr := range errs {
+		t.Run(name, func(t *testing.T) {
+			var published int
+			counter := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+			mw, err := dlq.New(dlq.Config{
+				Producer: producerFunc(func(context.Context, string, ...*mq.Message) error {
+					published++
+					return nil
+				}),
+				Group:          "g",
+				MaxAttempts:    2,
+				AttemptCounter: counter,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			calls := 0
+			h := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { calls++; return handlerErr }))
+			for range 10 { // the consumer does not bump Attempt for these errors
+				err = h.Handle(context.Background(), &mq.Message{ID: "m", Topic: "t", Attempt: 1})
+				if !errors.Is(err, handlerErr) {
+					t.Fatalf("Handle = %v, want the handler's error back so the message is redelivered", err)
+				}
+			}
+			if published != 0 || calls != 10 {
+				t.Errorf("published %d dead letters, handler ran %d times; want 0 and 10", published, calls)
+			}
+			if n, _ := counter.CountAttempt(context.Background(), "g:t:m", time.Minute); n != 1 {
+				t.Errorf("the counter holds %d deliveries, want none counted", n-1)
+			}
+		})
+	}
+}
+
+// TestAttemptCounterEndsCrashLoop emulates a broker that keeps no
+// delivery count (Kafka: Attempt is 1 again after a restart) and a message
+// that kills its consumer on every delivery: each "process" is a consumer
+// whose handler shuts it down before returning. Without an AttemptCounter
+// MaxAttempts never fires and the loop goes on; with one, the fourth
+// delivery is dead-lettered (reason max-attempts, attempts 3) and the
+// handler ran three times.
+func TestAttemptCounterEndsCrashLoop(t *testing.T) {
+	for _, withCounter := range []bool{false, true} {
+		t.Run(fmt.Sprintf("counter=%v", withCounter), func(t *testing.T) {
+			e := newEnv(t)
+			const src, group = "orders", "billing"
+			dlqTopic := dlq.DefaultTopic(src)
+			if err := dlq.Ensure(testCtx(t), e.c, dlqTopic); err != nil {
+				t.Fatal(err)
+			}
+			dead := newRecorder()
+			e.consume(t, dlqTopic, "check", dead)
+			cfg := dlq.Config{Producer: e.c.Producer(), Group: group, MaxAttempts: 3, Logger: discard}
+			store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+			if withCounter {
+				cfg.AttemptCounter = store
+			}
+			mw, err := dlq.New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			forgetful := mq.Middleware(func(next mq.Handler) mq.Handler { // the broker's count died with the process
+				return mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error { m.Attempt = 1; return next.Handle(ctx, m) })
+			})
+			cons, err := e.c.Consumer(testCtx(t), src, mq.WithGroup(group), mq.WithShutdownTimeout(wait))
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.produce(t, src, &mq.Message{ID: "poison"})
+			calls := 0
+			for life := 1; life <= 6 && len(dead.snapshot()) == 0; life++ {
+				ctx, crash := context.WithCancel(context.Background())
+				crashed := make(chan struct{})
+				h := mq.HandlerFunc(func(ctx context.Context, _ *mq.Message) error {
+					calls++
+					crash() // the process dies while handling the message
+					<-mq.ShuttingDown(ctx)
+					close(crashed)
+					return errors.New("killed")
+				})
+				done := make(chan error, 1)
+				go func() { done <- cons.Consume(ctx, mq.Chain(h, forgetful, mw)) }()
+				select {
+				case <-crashed:
+				case <-dead.more:
+					dead.more <- struct{}{}
+				case <-time.After(wait):
+					t.Fatal("neither handled nor dead-lettered")
+				}
+				crash()
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			}
+			_ = cons.Close()
+			letters := dead.snapshot()
+			if !withCounter {
+				if len(letters) != 0 || calls != 6 {
+					t.Fatalf("without a counter: %d dead letters, %d calls; want the loop to go on (0, 6)", len(letters), calls)
+				}
+				return
+			}
+			if len(letters) != 1 || calls != 3 {
+				t.Fatalf("%d dead letters after %d handler calls, want 1 after 3", len(letters), calls)
+			}
+			info := dlq.Describe(letters[0])
+			if info.Reason != dlq.ReasonMaxAttempts || letters[0].Header(dlq.HeaderAttempts) != "3" {
+				t.Errorf("dead letter reason %q attempts %q, want %q and 3", info.Reason, letters[0].Header(dlq.HeaderAttempts), dlq.ReasonMaxAttempts)
+			}
+			if n, _ := store.CountAttempt(context.Background(), group+":"+src+":poison", time.Minute); n != 1 {
+				t.Errorf("count %d after dead-lettering, want it forgotten", n-1)
+			}
+		})
+	}
+}
+
+// TestAttemptCounterSettles: a handled message's count is forgotten; a
+// counter outage does not call the handler, does not dead-letter, and
+// returns an error wrapping mq.ErrUnavailable.
+func TestAttemptCounterSettles(t *testing.T) {
+	ctx := context.Background()
+	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
 	var published int
-	mw, err := dlq.New(dlq.Config{Producer: producerFunc(func(context.Context, string, ...*mq.Message) error {
-		published++
-		return nil
-	})})
+	prod := producerFunc(func(context.Context, string, ...*mq.Message) error { published++; return nil })
+	mw, err := dlq.New(dlq.Config{Producer: prod, Group: "g", MaxAttempts: 1, AttemptCounter: store})
 	if err != nil {
 		t.Fatal(err)
 	}
-	busy := fmt.Errorf("claim held: %w", mq.ErrInProgress)
-	h := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { return busy }))
-	err = h.Handle(context.Background(), &mq.Message{ID: "m", Topic: "t", Attempt: 1})
-	if !errors.Is(err, mq.ErrInProgress) {
-		t.Errorf("Handle = %v, want the in-progress error back so the message is redelivered", err)
+	ok := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { return nil }))
+	for range 3 { // MaxAttempts 1: a count left behind would dead-letter the second
+		if err := ok.Handle(ctx, &mq.Message{ID: "m", Topic: "t", Attempt: 1}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if published != 0 {
-		t.Errorf("published %d dead letters for a message in progress elsewhere", published)
+		t.Fatalf("%d dead letters for handled messages: their counts were not forgotten", published)
 	}
+
+	down := &downCounter{err: errors.New("dial tcp 127.0.0.1:1: connection refused")}
+	mw, err = dlq.New(dlq.Config{Producer: prod, Group: "g", MaxAttempts: 1, AttemptCounter: down})
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	err = mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { calls++; return nil })).
+		Handle(ctx, &mq.Message{ID: "m", Topic: "t", Attempt: 1})
+	if !errors.Is(err, mq.ErrUnavailable) || !errors.Is(err, down.err) || calls != 0 || published != 0 {
+		t.Fatalf("counter down: Handle = %v, %d calls, %d dead letters; want ErrUnavailable, 0, 0", err, calls, published)
+	}
+	if _, err := dlq.New(dlq.Config{Producer: prod, AttemptCounter: store}); !errors.Is(err, dlq.ErrInvalidConfig) {
+		t.Fatalf("New with a counter and no Group = %v, want ErrInvalidConfig", err)
+	}
+}
+
+type downCounter struct{ err error }
+
+func (c *downCounter) CountAttempt(context.Context, string, time.Duration) (int, error) {
+	return 0, c.err
+}
+func (c *downCounter) UndoAttempt(context.Context, string) error    { return c.err }
+func (c *downCounter) ForgetAttempts(context.Context, string) error { return c.err }
+
+var discard = slog.New(slog.DiscardHandler)
+
+// syncBuffer is a bytes.Buffer safe for a logger and the test at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 type producerFunc func(ctx context.Context, topic string, msgs ...*mq.Message) error

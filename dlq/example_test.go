@@ -9,6 +9,7 @@ import (
 
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/dlq"
+	"github.com/mqkit/mq/idempotency"
 	"github.com/mqkit/mq/memory"
 )
 
@@ -68,4 +69,40 @@ func Example() {
 	// Output:
 	// order-1 failed on orders in billing: order has no currency (permanent)
 	// moved back: [order-1]
+}
+
+// On Kafka, or a RabbitMQ classic queue, Attempt does not survive a crash,
+// so a message that kills its consumer would loop forever. An
+// AttemptCounter in a store the instances share (in production
+// redisstore.New(client, redisstore.Config{})) counts every delivery, and
+// MaxAttempts then ends the loop.
+func ExampleConfig_attemptCounter() {
+	ctx := context.Background()
+	broker := memory.NewBroker(memory.Config{})
+	defer broker.Close()
+	client := mq.NewClient(broker.Conn())
+	defer client.Close()
+
+	counter := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	deadLetter, err := dlq.New(dlq.Config{
+		Producer:       client.Producer(),
+		Group:          "billing", // required with a counter: keeps the groups' counts apart
+		MaxAttempts:    3,
+		AttemptCounter: counter,
+		OnDeadLetter: func(_ context.Context, dead *mq.Message, cause error) {
+			fmt.Println(dead.ID, dead.Header(dlq.HeaderReason), "after", dead.Header(dlq.HeaderAttempts), "attempts")
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	h := deadLetter(mq.HandlerFunc(func(context.Context, *mq.Message) error { return nil }))
+	// Three deliveries crashed the process before their handler returned
+	// (Kafka then delivers the message again with Attempt 1).
+	for range 3 {
+		_, _ = counter.CountAttempt(ctx, "billing:orders:poison", dlq.DefaultAttemptTTL)
+	}
+	_ = h.Handle(ctx, &mq.Message{ID: "poison", Topic: "orders", Attempt: 1})
+	// Output:
+	// poison max-attempts after 3 attempts
 }

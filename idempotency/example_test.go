@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"time"
 
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/idempotency"
@@ -72,4 +73,20 @@ func ExampleConfig_keyFunc() {
 	}
 	// Output:
 	// charging p-42 from a
+}
+
+// At start-up, before consuming, check that the dedup store can be
+// reached, so that a wrong address or a refused connection stops the
+// service with a clear error instead of holding every message back. With
+// Redis: store := redisstore.New(client, redisstore.Config{}).
+func ExampleCheck() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	store := idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{})
+	if err := idempotency.Check(ctx, store); err != nil {
+		log.Fatalf("billing: %v", err) // e.g. "... store check failed: ...: connection refused"
+	}
+	fmt.Println("dedup store ready")
+	// Output:
+	// dedup store ready
 }

@@ -24,8 +24,14 @@ type MemoryStoreConfig struct {
 // lazily on every call: it starts no goroutine and needs no Close.
 //
 // It deduplicates only what this process sees; services with several
-// instances need a shared store such as the Redis store. It is safe for
-// concurrent use.
+// instances need a shared store such as package redisstore's. It is safe
+// for concurrent use.
+//
+// It is also a dlq.AttemptCounter (CountAttempt, UndoAttempt,
+// ForgetAttempts), with its counts apart from its claims. Its counts die
+// with the process, so it cannot end a crash loop: it serves tests and
+// single-process programs; use a shared store such as redisstore's where
+// the broker keeps no delivery count.
 type MemoryStore struct {
 	maxKeys int
 	epoch   time.Time // monotonic base of memEntry.expires
@@ -36,6 +42,15 @@ type MemoryStore struct {
 	head  int       // done[:head] were popped
 	nDone int       // completed keys in keys
 	seq   uint64    // last token issued
+
+	counts    map[string]attemptCount // dlq.AttemptCounter counts
+	nextSweep int                     // sweep expired counts when len(counts) reaches it
+}
+
+// attemptCount is one key's delivery count.
+type attemptCount struct {
+	n       int
+	expires time.Duration // since epoch
 }
 
 // memEntry is one key's state. It holds no pointers, so a store with many
@@ -62,7 +77,7 @@ func NewMemoryStore(cfg MemoryStoreConfig) *MemoryStore {
 	if cfg.MaxKeys <= 0 {
 		cfg.MaxKeys = 100000
 	}
-	return &MemoryStore{maxKeys: cfg.MaxKeys, epoch: time.Now(), keys: make(map[string]memEntry)}
+	return &MemoryStore{maxKeys: cfg.MaxKeys, epoch: time.Now(), keys: make(map[string]memEntry), counts: make(map[string]attemptCount), nextSweep: minCountSweep}
 }
 
 // Claim implements Store.
@@ -141,6 +156,83 @@ func (s *MemoryStore) Release(ctx context.Context, key, token string) error {
 		return fmt.Errorf("%w (release %q)", ErrNotOwner, key)
 	}
 	s.dropLocked(key, e)
+	return nil
+}
+
+// Extend implements Store.
+func (s *MemoryStore) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	if err := checkDurations("lease", lease); err != nil {
+		return err
+	}
+	tok, _ := parseToken(token)
+	now := time.Since(s.epoch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.keys[key]
+	if !ok || e.done || e.token != tok || now >= e.expires {
+		return fmt.Errorf("%w (extend %q)", ErrNotOwner, key)
+	}
+	e.expires = now + lease
+	s.keys[key] = e
+	return nil
+}
+
+// minCountSweep is the fewest counts at which CountAttempt sweeps out
+// expired ones.
+const minCountSweep = 1024
+
+// CountAttempt implements dlq.AttemptCounter: it adds one to key's count,
+// sets it to expire ttl from now, and returns it.
+func (s *MemoryStore) CountAttempt(ctx context.Context, key string, ttl time.Duration) (int, error) {
+	if err := checkDurations("ttl", ttl); err != nil {
+		return 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("idempotency: count attempt: %w", err)
+	}
+	now := time.Since(s.epoch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.counts[key]
+	if now >= c.expires {
+		c.n = 0
+	}
+	c.n++
+	c.expires = now + ttl
+	s.counts[key] = c
+	if len(s.counts) >= s.nextSweep {
+		for k, c := range s.counts {
+			if now >= c.expires {
+				delete(s.counts, k)
+			}
+		}
+		s.nextSweep = max(minCountSweep, 2*len(s.counts))
+	}
+	return c.n, nil
+}
+
+// UndoAttempt implements dlq.AttemptCounter: it takes one off key's count.
+func (s *MemoryStore) UndoAttempt(ctx context.Context, key string) error {
+	now := time.Since(s.epoch)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.counts[key]
+	switch {
+	case !ok:
+	case c.n <= 1 || now >= c.expires:
+		delete(s.counts, key)
+	default:
+		c.n--
+		s.counts[key] = c
+	}
+	return nil
+}
+
+// ForgetAttempts implements dlq.AttemptCounter: it deletes key's count.
+func (s *MemoryStore) ForgetAttempts(ctx context.Context, key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.counts, key)
 	return nil
 }
 

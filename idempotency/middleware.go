@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/mqkit/mq"
@@ -28,10 +29,12 @@ type Config struct {
 	KeyFunc func(m *mq.Message) string
 
 	// Lease is how long a claim keeps other consumers from running the
-	// same message. When a holder crashes, its duplicates wait this long.
-	// It must be longer than the handler ever runs (bound the handler
-	// with middleware.Timeout): once the lease expires, a duplicate may
-	// run concurrently. Default 1 minute.
+	// same message without being renewed. The middleware renews it every
+	// Lease/3 while the handler runs (Store.Extend), so a handler may run
+	// longer than Lease; when a holder crashes, its duplicates wait up to
+	// this long. A store outage longer than about two thirds of Lease
+	// lets the claim expire under a running handler (it is then cancelled
+	// once the store answers again). Default 1 minute.
 	Lease time.Duration
 
 	// Keep is how long a completed key is remembered: duplicates arriving
@@ -45,19 +48,34 @@ type Config struct {
 
 // New returns middleware that runs the handler at most once per key (see
 // the package documentation for the life cycle), or an error when store is
-// nil or cfg is invalid.
+// nil or cfg is invalid. New does not contact the store: call Check at
+// start-up for that.
 //
 // The store key is "<Namespace>:<topic>:<key>", so the same key on two
 // topics is two keys. For every message:
 //
-//   - a store error from Claim is returned (the message comes back later):
-//     dedup fails closed, it never runs a handler it cannot guard;
+//   - a store error from Claim is returned wrapped in mq.ErrUnavailable
+//     (the message comes back later without using up an attempt, and is
+//     never dead-lettered for it): dedup fails closed, it never runs a
+//     handler it cannot guard;
 //   - AlreadyDone: the handler is skipped and nil returned, so the
 //     duplicate is acknowledged;
-//   - Busy: an error wrapping ErrBusy is returned;
-//   - Acquired: the handler runs. If it returns an error (or panics) the
-//     claim is released and the handler's error returned unchanged. If it
-//     returns nil the key is completed and nil returned.
+//   - Busy: an error wrapping ErrBusy (and so mq.ErrInProgress) is
+//     returned;
+//   - Acquired: the handler runs, and the claim is extended every Lease/3
+//     until it returns. If it returns an error (or panics) the claim is
+//     released and the handler's error returned unchanged. If it returns
+//     nil the key is completed and nil returned.
+//
+// If an extension finds the claim no longer held by this handler
+// (ErrNotOwner: it expired during a store outage, or the store lost it),
+// the handler's context is cancelled with a cause wrapping ErrNotOwner
+// and mq.ErrInProgress, the key is neither completed nor released, and
+// that cause is returned even if the handler returned nil: another
+// consumer may be running the message, so this one must not record it
+// done, and it comes back later (without using up an attempt) to be
+// skipped or run. An extension that fails for another reason (the store is down) is
+// logged and tried again at the next interval.
 //
 // When Complete or Release fails (a store outage, or ErrNotOwner because
 // the lease expired), the middleware logs it and still returns the
@@ -113,7 +131,10 @@ func (d *dedup) Handle(ctx context.Context, m *mq.Message) error {
 	key := d.prefix + m.Topic + ":" + k
 	c, err := d.store.Claim(ctx, key, d.cfg.Lease)
 	if err != nil {
-		return err
+		if mq.IsPermanent(err) {
+			return err
+		}
+		return unavailable(fmt.Sprintf("idempotency: claim %q", key), err)
 	}
 	switch c.Status {
 	case Acquired:
@@ -125,14 +146,28 @@ func (d *dedup) Handle(ctx context.Context, m *mq.Message) error {
 		return fmt.Errorf("idempotency: store returned unknown claim status %v for key %q", c.Status, key)
 	}
 
+	hctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	ext := d.extend(hctx, cancel, m, key, c.Token)
 	returned := false
 	defer func() {
 		if !returned { // the handler panicked: free the key for the retry
-			d.release(ctx, key, c.Token)
+			if !ext.stop() {
+				d.release(ctx, key, c.Token)
+			}
 		}
 	}()
-	err = d.next.Handle(ctx, m)
+	err = d.next.Handle(hctx, m)
 	returned = true
+	if ext.stop() {
+		// The claim was lost while the handler ran: someone else may run
+		// the message, so neither complete nor release it.
+		cause := context.Cause(hctx)
+		if err != nil {
+			return fmt.Errorf("%w (handler error: %w)", cause, err)
+		}
+		return cause
+	}
 
 	if err != nil {
 		d.release(ctx, key, c.Token)
@@ -150,4 +185,84 @@ func (d *dedup) release(ctx context.Context, key, token string) {
 		d.cfg.Logger.Warn("idempotency: could not release claim; the message waits for the lease to expire",
 			"key", key, "error", err)
 	}
+}
+
+// extender renews one claim every third of the lease while its handler
+// runs, with one timer: each renewal arms the next. Its callbacks run in
+// the timer's goroutines; stop waits for a running one, so nothing of it
+// outlives the handler.
+type extender struct {
+	d          *dedup
+	m          *mq.Message
+	key, token string
+	every      time.Duration
+	hctx       context.Context         // the handler's
+	lose       context.CancelCauseFunc // cancels hctx
+
+	mu        sync.Mutex
+	timer     *time.Timer
+	stopped   bool
+	lost      bool
+	cancelRun context.CancelFunc // cancels the Extend call in progress
+	running   sync.WaitGroup     // a renewal in progress
+}
+
+// extend starts renewing the claim on key held by token; lose cancels the
+// handler's context hctx when the claim is lost.
+func (d *dedup) extend(hctx context.Context, lose context.CancelCauseFunc, m *mq.Message, key, token string) *extender {
+	e := &extender{d: d, m: m, key: key, token: token, every: max(d.cfg.Lease/3, time.Millisecond), hctx: hctx, lose: lose}
+	e.mu.Lock()
+	e.timer = time.AfterFunc(e.every, e.renew)
+	e.mu.Unlock()
+	return e
+}
+
+func (e *extender) renew() {
+	e.mu.Lock()
+	if e.stopped {
+		e.mu.Unlock()
+		return
+	}
+	e.running.Add(1)
+	// Not the handler's context: a handler timeout must not fail the
+	// renewal. stop cancels it, so it never delays the handler's return.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(e.hctx))
+	e.cancelRun = cancel
+	e.mu.Unlock()
+	defer e.running.Done()
+
+	err := e.d.store.Extend(ctx, e.key, e.token, e.d.cfg.Lease)
+	cancel()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cancelRun = nil
+	switch {
+	case e.stopped:
+		// The handler returned meanwhile; the result no longer matters.
+	case errors.Is(err, ErrNotOwner):
+		e.lost = true
+		e.d.cfg.Logger.Error("idempotency: claim lost while the handler ran; cancelling the handler, another consumer may run the message",
+			"id", e.m.ID, "topic", e.m.Topic, "key", e.key, "error", err)
+		e.lose(fmt.Errorf("idempotency: claim lost while the handler ran; another consumer may be running the message: %w (%w)", mq.ErrInProgress, err))
+	default:
+		if err != nil {
+			e.d.cfg.Logger.Warn("idempotency: could not extend claim; trying again",
+				"id", e.m.ID, "topic", e.m.Topic, "key", e.key, "error", err, "retry_in", e.every)
+		}
+		e.timer.Reset(e.every)
+	}
+}
+
+// stop ends the renewals, waits for one in progress, and reports whether
+// the claim was lost.
+func (e *extender) stop() (lost bool) {
+	e.mu.Lock()
+	e.stopped = true
+	e.timer.Stop()
+	if e.cancelRun != nil {
+		e.cancelRun()
+	}
+	e.mu.Unlock()
+	e.running.Wait()
+	return e.lost
 }

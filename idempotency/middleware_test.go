@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os/exec"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -190,6 +194,10 @@ func TestMiddlewareStoreFailures(t *testing.T) {
 	}{
 		{name: "claim fails closed", store: faultyStore{claimErr: storeDown},
 			wantRun: false, wantErr: storeDown},
+		{name: "claim failure is an outage", store: faultyStore{claimErr: storeDown},
+			wantRun: false, wantErr: mq.ErrUnavailable},
+		{name: "permanent claim failure stays permanent", store: faultyStore{claimErr: mq.Permanent(storeDown)},
+			wantRun: false, wantErr: storeDown},
 		{name: "complete failure is logged, success returned", store: faultyStore{completeErr: storeDown},
 			wantRun: true, wantLog: "could not mark message done", wantCompletes: 1},
 		{name: "release failure is logged, handler error returned", store: faultyStore{releaseErr: storeDown}, result: errBoom,
@@ -254,5 +262,140 @@ func TestMiddlewareReleasesOnPanic(t *testing.T) {
 	ran := false
 	if err := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { ran = true; return nil })).Handle(context.Background(), m); err != nil || !ran {
 		t.Fatalf("after a panic the retry got err %v, ran %v: the claim was not released", err, ran)
+	}
+}
+
+// extendStore counts Extend calls and fails them with extendErr.
+type extendStore struct {
+	Store
+	mu        sync.Mutex
+	extends   int
+	extendErr error
+}
+
+func (s *extendStore) Extend(ctx context.Context, key, token string, lease time.Duration) error {
+	s.mu.Lock()
+	s.extends++
+	err := s.extendErr
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return s.Store.Extend(ctx, key, token, lease)
+}
+
+func (s *extendStore) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.extends
+}
+
+// TestMiddlewareLostClaimCancelsHandler: when an extension reports the
+// claim no longer held, the handler's context is cancelled, the key is not
+// completed (another consumer may be running it), and the error says the
+// message is in progress elsewhere, so it is neither retried as an attempt
+// nor dead-lettered.
+func TestMiddlewareLostClaimCancelsHandler(t *testing.T) {
+	s := &faultyStore{Store: &extendStore{Store: NewMemoryStore(MemoryStoreConfig{}), extendErr: fmt.Errorf("%w (test)", ErrNotOwner)}}
+	mw, _ := New(s, Config{Namespace: "g", Lease: 90 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+	var cause error
+	err := mw(mq.HandlerFunc(func(ctx context.Context, _ *mq.Message) error {
+		select {
+		case <-ctx.Done():
+			cause = context.Cause(ctx)
+			return nil // even a handler that ignores the cancellation and "succeeds"
+		case <-time.After(10 * time.Second):
+			return errors.New("the handler's context was never cancelled")
+		}
+	})).Handle(context.Background(), &mq.Message{ID: "1", Topic: "t"})
+	if !errors.Is(cause, ErrNotOwner) {
+		t.Fatalf("handler context cause %v, want ErrNotOwner", cause)
+	}
+	if !errors.Is(err, ErrNotOwner) || !errors.Is(err, mq.ErrInProgress) || !mq.NotAnAttempt(err) {
+		t.Fatalf("Handle = %v, want an error wrapping ErrNotOwner and mq.ErrInProgress", err)
+	}
+	if s.completes != 0 || s.releases != 0 {
+		t.Fatalf("%d completes, %d releases after losing the claim; want none", s.completes, s.releases)
+	}
+}
+
+// TestMiddlewareExtenderStops: the renewals stop when the handler returns
+// (successfully, with an error, or by panicking), and leave no goroutine.
+func TestMiddlewareExtenderStops(t *testing.T) {
+	before := runtime.NumGoroutine()
+	es := &extendStore{Store: NewMemoryStore(MemoryStoreConfig{})}
+	mw, _ := New(es, Config{Namespace: "g", Lease: 30 * time.Millisecond})
+	results := []func() error{
+		func() error { return nil },
+		func() error { return errBoom },
+		func() error { panic("boom") },
+	}
+	var wg sync.WaitGroup
+	for i := range 30 {
+		wg.Go(func() {
+			defer func() { _ = recover() }()
+			_ = mw(mq.HandlerFunc(func(context.Context, *mq.Message) error {
+				time.Sleep(50 * time.Millisecond) // a few renewals
+				return results[i%3]()
+			})).Handle(context.Background(), &mq.Message{ID: fmt.Sprint(i), Topic: "t"})
+		})
+	}
+	wg.Wait()
+	n := es.count()
+	if n == 0 {
+		t.Fatal("no renewal while handlers ran for longer than a third of the lease")
+	}
+	time.Sleep(100 * time.Millisecond)
+	if after := es.count(); after != n {
+		t.Fatalf("%d renewals after the handlers returned", after-n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := runtime.NumGoroutine(); after > before {
+		t.Fatalf("goroutines: %d before, %d after", before, after)
+	}
+}
+
+// noPingStore is a Store that does not implement Pinger.
+type noPingStore struct{ Store }
+
+func TestCheck(t *testing.T) {
+	ctx := context.Background()
+	mem := NewMemoryStore(MemoryStoreConfig{})
+	if err := Check(ctx, mem); err != nil {
+		t.Fatalf("Check(memory store) = %v", err)
+	}
+	if n := mem.Len(); n != 0 {
+		t.Fatalf("Check left %d keys behind", n)
+	}
+	refused := errors.New("dial tcp 127.0.0.1:1: connect: connection refused")
+	err := Check(ctx, noPingStore{&faultyStore{Store: mem, claimErr: refused}})
+	if !errors.Is(err, mq.ErrUnavailable) || !errors.Is(err, refused) || !strings.Contains(err.Error(), "store check failed") {
+		t.Fatalf("Check(a store that is down) = %v, want a check error wrapping mq.ErrUnavailable and the cause", err)
+	}
+	if err := Check(ctx, nil); err == nil {
+		t.Fatal("Check(nil) succeeded")
+	}
+}
+
+// TestNoBrokerClientLinked: the middleware and the dedup core link no broker
+// or store client; the Redis store lives in package redisstore.
+func TestNoBrokerClientLinked(t *testing.T) {
+	gocmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go command to list dependencies with")
+	}
+	out, err := exec.Command(gocmd, "list", "-deps", "github.com/mqkit/mq/middleware", "github.com/mqkit/mq/idempotency").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, client := range []string{"github.com/redis/", "github.com/IBM/sarama", "github.com/rabbitmq/"} {
+			if strings.HasPrefix(dep, client) {
+				t.Errorf("middleware or idempotency links %s", dep)
+			}
+		}
 	}
 }

@@ -27,6 +27,7 @@
 package memory
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -170,7 +171,8 @@ func (b *Broker) topic(name string, create bool) (*topic, error) {
 	return t, nil
 }
 
-// entry is one produced message, shared read-only by every group.
+// entry is one produced message, shared read-only by every group: each
+// delivery copies it.
 type entry struct {
 	seq uint64
 	msg mq.Message // Topic and Timestamp set; Attempt not used
@@ -477,8 +479,12 @@ func (s *subscription) takeLocked(max int) []mq.Delivery {
 			}
 			o.n++
 		}
-		m := p.e.msg // copy: the handler gets its own Message and Headers
+		// Copy: every delivery gets its own Message, Headers and Body, so a
+		// handler that edits them in place changes neither what another
+		// group receives nor what a redelivery carries.
+		m := p.e.msg
 		m.Headers = maps.Clone(m.Headers)
+		m.Body = bytes.Clone(m.Body)
 		m.Attempt = p.attempt
 		d := &delivery{s: s, p: p, msg: &m}
 		s.held[d] = struct{}{}

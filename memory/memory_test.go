@@ -1,7 +1,9 @@
 package memory_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/memory"
@@ -13,5 +15,71 @@ func TestConformance(t *testing.T) {
 	t.Cleanup(func() { _ = b.Close() })
 	mqtest.Run(t, mqtest.Harness{
 		Open: func(testing.TB) *mq.Client { return mq.NewClient(b.Conn()) },
+		Features: mqtest.Features{
+			KeepsEarlyMessages:    true,
+			Attempts:              mqtest.AttemptsExact,
+			KeyOrderAcrossMembers: true,
+		},
 	})
+}
+
+// TestDeliveriesOwnTheirBody: a handler that edits Body in place does not
+// change what another group receives, as on a real broker. Before, every
+// group shared the produced bytes. (A retry in the same consumer hands the
+// handler the same *mq.Message again: that is the consumer's, on every
+// backend.)
+func TestDeliveriesOwnTheirBody(t *testing.T) {
+	b := memory.NewBroker(memory.Config{})
+	c := mq.NewClient(b.Conn(), mq.WithNackBackoff(time.Millisecond, time.Millisecond))
+	t.Cleanup(func() { _ = c.Close(); _ = b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	type seen struct {
+		group string
+		body  string
+	}
+	got := make(chan seen, 10)
+	edited := make(chan struct{})
+	for _, group := range []string{"scribbler", "reader"} {
+		cons, err := c.Consumer(ctx, "t", mq.WithGroup(group))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+			if group == "reader" {
+				<-edited
+			}
+			got <- seen{group, string(m.Body)}
+			if group == "scribbler" {
+				for i := range m.Body {
+					m.Body[i] = 'X' // say, decrypting in place
+				}
+				close(edited)
+			}
+			return nil
+		})
+		cctx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- cons.Consume(cctx, h) }()
+		t.Cleanup(func() {
+			stop()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	// The reader looks at its message only after the scribbler edited its.
+	if err := c.Producer().Produce(ctx, "t", &mq.Message{Body: []byte("pay 12 EUR")}); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		select {
+		case s := <-got:
+			if s.body != "pay 12 EUR" {
+				t.Errorf("%s received %q, want the produced body", s.group, s.body)
+			}
+		case <-ctx.Done():
+			t.Fatal("messages not delivered")
+		}
+	}
 }

@@ -18,17 +18,35 @@
 //	|            |                           | a wait ends at shutdown and the message goes back unhandled     |
 //	| DeadLetter | the final outcome         | outside Retry, so only a failure that survived every retry (or  |
 //	|            |                           | a Permanent error, or a panic) is dead-lettered, exactly once,  |
-//	|            |                           | with the Attempt count and first-failure time Retry recorded    |
+//	|            |                           | with the Attempt count and first-failure time Retry recorded;   |
+//	|            |                           | counts deliveries (MaxAttempts, AttemptCounter) once each;      |
+//	|            |                           | never dead-letters an mq.NotAnAttempt error                     |
 //	| Retry      | every attempt's error     | retries in-process with backoff; sets mq-first-failure and      |
-//	|            |                           | counts attempts in m.Attempt; waits on idempotency.ErrBusy      |
+//	|            |                           | counts attempts in m.Attempt; waits on mq.NotAnAttempt errors   |
+//	|            |                           | (a claim busy elsewhere, a store down) without counting them    |
 //	| Timeout    | one attempt               | inside Retry, so every attempt gets the full deadline rather    |
 //	|            |                           | than all attempts sharing one                                   |
 //	| Dedup      | one attempt               | inside Retry, so each attempt claims and a failed attempt       |
 //	|            |                           | releases the claim for the next one; an attempt after the work  |
-//	|            |                           | completed (or a duplicate delivery) is skipped and acked        |
+//	|            |                           | completed (or a duplicate delivery) is skipped and acked; the   |
+//	|            |                           | claim is extended while the handler runs; a store outage is     |
+//	|            |                           | mq.ErrUnavailable, so it waits instead of failing               |
 //	| Recover    | the handler's panic       | innermost: the layers above see a panic as an ordinary error:   |
 //	|            |                           | Dedup releases the claim, Retry retries it, DeadLetter routes   |
 //	|            |                           | it with the *mq.PanicError's stack                              |
+//
+// # Errors that are not attempts
+//
+// mq.NotAnAttempt(err) holds for errors wrapping mq.ErrInProgress (the
+// dedup claim is held by another instance: idempotency.ErrBusy) or
+// mq.ErrUnavailable (the dedup store, or another broker or store the
+// handler needs, cannot be reached). Every layer treats them alike: Retry
+// waits and calls again without incrementing Attempt, and returns the
+// error itself, never a *RetryError, when MaxElapsedTime runs out; the
+// consumer redelivers without incrementing Attempt; DeadLetter returns
+// the error so the message comes back, and takes the delivery back off
+// its AttemptCounter. A message is never dead-lettered because a store
+// was down or a duplicate was running.
 //
 // Put tracing and logging outside the whole stack (mq.Chain(h, logging,
 // Stack(cfg))) to see one span per delivery, or around the handler inside

@@ -28,7 +28,8 @@ func ExampleStack() {
 		log.Fatal(err)
 	}
 
-	// In production: idempotency.NewRedisStore, shared by all instances.
+	// In production: redisstore.New (package idempotency/redisstore),
+	// shared by all instances, checked at start-up with idempotency.Check.
 	dedup, err := idempotency.New(idempotency.NewMemoryStore(idempotency.MemoryStoreConfig{}),
 		idempotency.Config{Namespace: "billing"})
 	if err != nil {

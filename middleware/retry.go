@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"time"
 
 	"github.com/mqkit/mq"
-	"github.com/mqkit/mq/idempotency"
+	"github.com/mqkit/mq/internal/backoff"
 )
 
 // HeaderFirstFailure is the header Retry sets, on a message's first failed
@@ -94,13 +93,14 @@ type RetryConfig struct {
 
 	// ShouldRetry reports whether an error is worth another call. Default:
 	// every error. Whatever it says, errors marked with mq.Permanent are
-	// never retried, errors wrapping idempotency.ErrBusy always wait (see
-	// Retry), and nothing is retried once the context is done.
+	// never retried, errors for which mq.NotAnAttempt holds always wait
+	// (see Retry), and nothing is retried once the context is done.
 	ShouldRetry func(err error) bool
 
 	// OnRetry, when set, is called before each wait with the error that
 	// failed the call and the wait about to start, for logging or
-	// metrics. m.Attempt is the attempt that failed.
+	// metrics. m.Attempt is the attempt that failed (or, for an error for
+	// which mq.NotAnAttempt holds, the attempt that is waiting).
 	OnRetry func(ctx context.Context, m *mq.Message, err error, wait time.Duration)
 }
 
@@ -114,18 +114,27 @@ type RetryConfig struct {
 //   - nil, as soon as a call succeeds;
 //   - the error unchanged, when it is marked mq.Permanent or ShouldRetry
 //     rejects it;
-//   - the last error unchanged, as soon as ctx is done, also in the middle
-//     of a wait (the consumer then returns the message to the broker);
+//   - the last error unchanged, as soon as ctx is done or the consumer
+//     begins shutting down, also in the middle of a wait (the consumer
+//     then returns the message to the broker);
 //   - a *RetryError wrapping the last error (errors.Is(err,
 //     ErrRetriesExhausted) holds), when MaxAttempts or MaxElapsedTime is
-//     used up.
+//     used up by errors that were attempts.
 //
-// An error wrapping idempotency.ErrBusy means another consumer is running
-// the same message right now: Retry waits with the same backoff (without
-// incrementing Attempt or using up attempts, since the handler did not
-// run) until the holder has finished and the duplicate is skipped, or has
-// failed and this call runs it. The holder's lease bounds that wait;
-// MaxElapsedTime, when set, bounds it too.
+// An error for which mq.NotAnAttempt holds was not an attempt: it wraps
+// mq.ErrInProgress (another consumer is running the same message right
+// now, as idempotency.ErrBusy says) or mq.ErrUnavailable (a broker or
+// store the handler needs is down, as the dedup middleware reports a store
+// outage). Retry waits on it with the same backoff, without incrementing
+// Attempt, using up attempts, setting HeaderFirstFailure or asking
+// ShouldRetry, and calls again: until the holder has finished (the
+// duplicate is then skipped) or failed (this call then runs it), or the
+// store is back. When MaxElapsedTime runs out on such an error, Retry
+// returns that error as it is, never a *RetryError: the message was not
+// tried and failed, so the consumer redelivers it, again without using up
+// an attempt, and dead-letter middleware does not dead-letter it. Without
+// MaxElapsedTime the wait lasts until the call succeeds or the consumer
+// shuts down.
 //
 // Retries hold the consumer's handler slot and, for messages with a key,
 // the key: later messages of the key wait until Retry returns. Keep the
@@ -163,7 +172,7 @@ func (r *retry) Handle(ctx context.Context, m *mq.Message) error {
 		m.Attempt = 1
 	}
 	var start time.Time // of the first failure: the happy path reads no clock
-	busyWaits := 0
+	waits := 0          // for errors that were not attempts
 	for {
 		err := r.next.Handle(ctx, m)
 		if err == nil {
@@ -172,20 +181,20 @@ func (r *retry) Handle(ctx context.Context, m *mq.Message) error {
 		if start.IsZero() {
 			start = time.Now()
 		}
-		busy := errors.Is(err, idempotency.ErrBusy)
-		if !busy && m.Header(HeaderFirstFailure) == "" {
+		notAttempt := mq.NotAnAttempt(err) && !mq.IsPermanent(err)
+		if !notAttempt && m.Header(HeaderFirstFailure) == "" {
 			m.SetHeader(HeaderFirstFailure, time.Now().UTC().Format(time.RFC3339Nano))
 		}
 		if mq.IsPermanent(err) || ctx.Err() != nil {
 			return err
 		}
-		if !busy && r.cfg.ShouldRetry != nil && !r.cfg.ShouldRetry(err) {
+		if !notAttempt && r.cfg.ShouldRetry != nil && !r.cfg.ShouldRetry(err) {
 			return err
 		}
 		var n int
-		if busy {
-			busyWaits++
-			n = busyWaits
+		if notAttempt {
+			waits++
+			n = waits
 		} else {
 			if m.Attempt >= r.cfg.MaxAttempts {
 				return &RetryError{Attempts: m.Attempt, Elapsed: time.Since(start), Err: err}
@@ -194,15 +203,18 @@ func (r *retry) Handle(ctx context.Context, m *mq.Message) error {
 		}
 		wait := r.backoff(n)
 		if elapsed := time.Since(start); r.cfg.MaxElapsedTime > 0 && elapsed+wait > r.cfg.MaxElapsedTime {
+			if notAttempt {
+				return err
+			}
 			return &RetryError{Attempts: m.Attempt, Elapsed: elapsed, Err: err}
 		}
 		if r.cfg.OnRetry != nil {
 			r.cfg.OnRetry(ctx, m, err, wait)
 		}
-		if !sleep(ctx, wait) {
+		if !backoff.Sleep(ctx, wait, mq.ShuttingDown(ctx)) {
 			return err
 		}
-		if !busy {
+		if !notAttempt {
 			m.Attempt++
 		}
 	}
@@ -210,32 +222,13 @@ func (r *retry) Handle(ctx context.Context, m *mq.Message) error {
 
 // backoff returns the wait after the n-th failure (from 1), jittered.
 func (r *retry) backoff(n int) time.Duration {
-	d := float64(r.cfg.InitialInterval) * math.Pow(r.cfg.Multiplier, float64(n-1))
-	if d > float64(r.cfg.MaxInterval) || math.IsInf(d, 0) || math.IsNaN(d) {
-		d = float64(r.cfg.MaxInterval)
-	}
-	b := time.Duration(d)
+	b := backoff.Grow(n, r.cfg.InitialInterval, r.cfg.MaxInterval, r.cfg.Multiplier)
 	switch r.cfg.Jitter {
 	case JitterFull:
-		return rand.N(b + 1)
+		return backoff.Full(b)
 	case JitterNone:
 		return b
 	default:
-		return b/2 + rand.N(b/2+1)
-	}
-}
-
-// sleep waits for d, and reports whether d passed: it returns false at
-// once when ctx is done or its consumer begins shutting down.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-mq.ShuttingDown(ctx):
-		return false
+		return backoff.Equal(b)
 	}
 }

@@ -40,6 +40,7 @@ func TestRetry(t *testing.T) {
 	fast := RetryConfig{InitialInterval: time.Millisecond, MaxInterval: 2 * time.Millisecond, Jitter: JitterNone}
 	with := func(f func(*RetryConfig)) RetryConfig { c := fast; f(&c); return c }
 	busy := fmt.Errorf("claim: %w", idempotency.ErrBusy)
+	down := fmt.Errorf("claim: %w: connection refused", mq.ErrUnavailable)
 
 	tests := []struct {
 		name         string
@@ -79,6 +80,16 @@ func TestRetry(t *testing.T) {
 			wantAttempts: []int{1, 1, 1, 1}},
 		{name: "busy then failures", cfg: with(func(c *RetryConfig) { c.MaxAttempts = 2 }), attempt: 1, results: []error{busy, errBoom, busy, errBoom},
 			wantAttempts: []int{1, 1, 2, 2}, wantErr: errBoom, wantExhaust: true, wantHeader: true},
+		{name: "in progress (any source) waits like busy", cfg: with(func(c *RetryConfig) { c.MaxAttempts = 1 }), attempt: 1, results: repeat(fmt.Errorf("lock: %w", mq.ErrInProgress), 3),
+			wantAttempts: []int{1, 1, 1, 1}},
+		{name: "unavailable waits without using attempts", cfg: with(func(c *RetryConfig) { c.MaxAttempts = 1 }), attempt: 1, results: repeat(down, 3),
+			wantAttempts: []int{1, 1, 1, 1}},
+		{name: "unavailable then failures", cfg: with(func(c *RetryConfig) { c.MaxAttempts = 2 }), attempt: 1, results: []error{down, errBoom, down, errBoom},
+			wantAttempts: []int{1, 1, 2, 2}, wantErr: errBoom, wantExhaust: true, wantHeader: true},
+		{name: "unavailable ignores ShouldRetry", cfg: with(func(c *RetryConfig) { c.ShouldRetry = func(error) bool { return false } }), attempt: 1, results: repeat(down, 2),
+			wantAttempts: []int{1, 1, 1}},
+		{name: "permanent unavailable is not retried", cfg: fast, attempt: 1, results: []error{mq.Permanent(down)},
+			wantAttempts: []int{1}, wantErr: mq.ErrUnavailable, wantHeader: true},
 		{name: "busy ignores ShouldRetry", cfg: with(func(c *RetryConfig) { c.ShouldRetry = func(error) bool { return false } }), attempt: 1, results: repeat(busy, 2),
 			wantAttempts: []int{1, 1, 1}},
 	}
@@ -211,6 +222,30 @@ func TestRetryMaxElapsedTime(t *testing.T) {
 	}
 	if n := len(*attempts); n < 1 || n > 7 {
 		t.Fatalf("%d calls: MaxElapsedTime 60ms with 10ms waits allows at most 7", n)
+	}
+}
+
+// TestRetryMaxElapsedTimeNotAnAttempt: when MaxElapsedTime runs out on an
+// error that was not an attempt (a claim busy elsewhere, a store down),
+// Retry returns that error as it is: never a RetryError, never "retries
+// exhausted", and Attempt is untouched. Before, a busy claim came back as
+// a RetryError, and a store outage used up attempts.
+func TestRetryMaxElapsedTimeNotAnAttempt(t *testing.T) {
+	for _, notAttempt := range []error{
+		fmt.Errorf("claim: %w", idempotency.ErrBusy),
+		fmt.Errorf("claim: %w", mq.ErrUnavailable),
+	} {
+		h, attempts := failing(repeat(notAttempt, 1000)...)
+		cfg := RetryConfig{MaxAttempts: 2, InitialInterval: 10 * time.Millisecond, Multiplier: 1, Jitter: JitterNone, MaxElapsedTime: 60 * time.Millisecond}
+		m := &mq.Message{Attempt: 1}
+		err := Retry(cfg)(h).Handle(context.Background(), m)
+		var re *RetryError
+		if err != notAttempt || errors.As(err, &re) || errors.Is(err, ErrRetriesExhausted) {
+			t.Fatalf("err = %v (%T), want %v itself", err, err, notAttempt)
+		}
+		if n := len(*attempts); n < 2 || m.Attempt != 1 || m.Header(HeaderFirstFailure) != "" {
+			t.Fatalf("%d calls, Attempt %d, first failure %q: want several calls at Attempt 1, no failure recorded", n, m.Attempt, m.Header(HeaderFirstFailure))
+		}
 	}
 }
 
