@@ -35,12 +35,12 @@ import (
 	"maps"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/urlparams"
 )
 
 func init() { mq.Register("mem", driver{}) }
@@ -49,28 +49,13 @@ type driver struct{}
 
 func (driver) Open(_ context.Context, u *url.URL) (mq.Conn, error) {
 	cfg := Config{}
-	q := u.Query()
-	for name, vals := range q {
-		v := vals[0]
-		switch name {
-		case "capacity":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return nil, fmt.Errorf("%w: capacity=%q: want a whole number above 0", mq.ErrInvalidURL, v)
-			}
-			cfg.Capacity = n
-		case "when_full":
-			switch v {
-			case "block":
-				cfg.FailWhenFull = false
-			case "error":
-				cfg.FailWhenFull = true
-			default:
-				return nil, fmt.Errorf("%w: when_full=%q: want block or error", mq.ErrInvalidURL, v)
-			}
-		default:
-			return nil, fmt.Errorf("%w: unknown mem:// parameter %q (known: capacity, when_full)", mq.ErrInvalidURL, name)
-		}
+	q := urlparams.New(u.Query())
+	q.Int("capacity", &cfg.Capacity, 1)
+	whenFull := "block"
+	q.Enum("when_full", &whenFull, "block", "error")
+	cfg.FailWhenFull = whenFull == "error"
+	if err := q.Err("mem://"); err != nil {
+		return nil, fmt.Errorf("%w: %w", mq.ErrInvalidURL, err)
 	}
 	if u.Host != "" || (u.Path != "" && u.Path != "/") {
 		return nil, fmt.Errorf("%w: mem:// takes no host or path, got %q", mq.ErrInvalidURL, u.Host+u.Path)
@@ -330,6 +315,27 @@ func (t *topic) freed() {
 	}
 }
 
+// DeleteGroup implements mq.GroupDeleter: the group and the messages kept
+// for it are dropped. A group with members still subscribed is refused.
+func (c *conn) DeleteGroup(_ context.Context, topicName, groupName string) error {
+	t, err := c.b.topic(topicName, false)
+	if err != nil || t == nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	g := t.groups[groupName]
+	if g == nil {
+		return nil
+	}
+	if g.members > 0 {
+		return fmt.Errorf("memory: group %q of topic %q has %d members subscribed; close them first", groupName, topicName, g.members)
+	}
+	delete(t.groups, groupName)
+	t.freed() // its messages no longer hold producers back
+	return nil
+}
+
 func (c *conn) Subscribe(_ context.Context, topicName, groupName string, _ mq.SubscribeOptions) (mq.Subscription, error) {
 	t, err := c.b.topic(topicName, true)
 	if err != nil {
@@ -527,6 +533,7 @@ func (s *subscription) Close() error {
 
 var (
 	_ mq.Conn         = (*conn)(nil)
+	_ mq.GroupDeleter = (*conn)(nil)
 	_ mq.Subscription = (*subscription)(nil)
 	_ mq.Delivery     = (*delivery)(nil)
 )

@@ -2,6 +2,8 @@ package memory_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,5 +83,43 @@ func TestDeliveriesOwnTheirBody(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("messages not delivered")
 		}
+	}
+}
+
+func TestDeleteGroup(t *testing.T) {
+	ctx := context.Background()
+	b := memory.NewBroker(memory.Config{Capacity: 2, FailWhenFull: true})
+	t.Cleanup(func() { _ = b.Close() })
+	c := mq.NewClient(b.Conn())
+	defer c.Close()
+	slow, err := c.Consumer(ctx, "t", mq.WithGroup("slow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Producer().Produce(ctx, "t", &mq.Message{}, &mq.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Producer().Produce(ctx, "t", &mq.Message{}); !errors.Is(err, mq.ErrBufferFull) {
+		t.Fatalf("Produce into a full group: %v, want ErrBufferFull", err)
+	}
+	if err := c.DeleteGroup(ctx, "t", "slow"); err == nil || !strings.Contains(err.Error(), "members") {
+		t.Fatalf("DeleteGroup of a group with a member: %v, want a refusal", err)
+	}
+	if err := slow.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteGroup(ctx, "t", "slow"); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range b.Stats() {
+		if s.Group == "slow" {
+			t.Fatalf("group still there after DeleteGroup: %+v", s)
+		}
+	}
+	if err := c.DeleteGroup(ctx, "t", "slow"); err != nil {
+		t.Fatalf("deleting a deleted group: %v, want nil", err)
+	}
+	if err := c.DeleteGroup(ctx, "no-such-topic", "g"); err != nil {
+		t.Fatalf("deleting a group of an unknown topic: %v, want nil", err)
 	}
 }
