@@ -40,6 +40,9 @@ const (
 	// exponential wait between reconnection attempts.
 	DefaultReconnectBackoff    = 100 * time.Millisecond
 	DefaultMaxReconnectBackoff = 5 * time.Second
+	// DefaultReconnectTimeout is how long Produce and Subscribe wait for
+	// an unreachable broker.
+	DefaultReconnectTimeout = 5 * time.Second
 )
 
 // Config configures a connection made with Dial. The zero value of every
@@ -112,10 +115,26 @@ type Config struct {
 	Prefetch int
 
 	// ReconnectBackoff and MaxReconnectBackoff bound the exponential wait
-	// between reconnection attempts. Defaults DefaultReconnectBackoff and
-	// DefaultMaxReconnectBackoff.
+	// between reconnection attempts (each wait is drawn between half and
+	// all of its step, so that clients do not reconnect in lockstep).
+	// Defaults DefaultReconnectBackoff and DefaultMaxReconnectBackoff.
 	ReconnectBackoff    time.Duration
 	MaxReconnectBackoff time.Duration
+
+	// ReconnectTimeout bounds how long Produce (Send) and Subscribe keep
+	// trying while the broker cannot be reached, counted from their first
+	// failure, or from when dialing the broker started failing if that
+	// was earlier: they then fail with an error wrapping
+	// mq.ErrUnavailable (sooner if their context ends first). So while an
+	// outage lasts longer, each call makes one attempt and fails at once.
+	// It also bounds each attempt to connect (Dial and Lag make one).
+	// Subscriptions already running are not bounded: they reconnect until
+	// the broker is back. A broker that keeps a connection open but stops
+	// answering (hung, partitioned) is noticed only when the connection's
+	// heartbeat times out (heartbeat in the URL; amqp091's default is 10s):
+	// until then a Produce waits for its confirms, bounded by its context.
+	// Default DefaultReconnectTimeout.
+	ReconnectTimeout time.Duration
 
 	// Logger receives reconnection events. Default slog.Default().
 	Logger *slog.Logger
@@ -136,6 +155,7 @@ type Config struct {
 //	prefetch=N                   Config.Prefetch
 //	reconnect_backoff=DUR        Config.ReconnectBackoff
 //	max_reconnect_backoff=DUR    Config.MaxReconnectBackoff
+//	reconnect_timeout=DUR        Config.ReconnectTimeout
 //
 // amqp091-go's parameters (heartbeat, connection_timeout, channel_max,
 // auth_mechanism, certfile, keyfile, cacertfile, server_name_indication)
@@ -160,7 +180,7 @@ var amqpParams = map[string]bool{
 }
 
 const knownParams = "exchange_type, queue_type, declare, unrouted, shards, dead_letter_exchange, delivery_limit, " +
-	"max_message_size, confirm_window, prefetch, reconnect_backoff, max_reconnect_backoff, and amqp091's " +
+	"max_message_size, confirm_window, prefetch, reconnect_backoff, max_reconnect_backoff, reconnect_timeout, and amqp091's " +
 	"heartbeat, connection_timeout, channel_max, auth_mechanism, certfile, keyfile, cacertfile, server_name_indication"
 
 func configFromURL(u *url.URL) (Config, error) {
@@ -242,6 +262,8 @@ func configFromURL(u *url.URL) (Config, error) {
 			cfg.ReconnectBackoff = dur(name, v)
 		case "max_reconnect_backoff":
 			cfg.MaxReconnectBackoff = dur(name, v)
+		case "reconnect_timeout":
+			cfg.ReconnectTimeout = dur(name, v)
 		default:
 			if !amqpParams[name] {
 				errs = append(errs, fmt.Errorf("unknown parameter %q (known: %s)", name, knownParams))
@@ -286,8 +308,8 @@ func (cfg *Config) check() error {
 		return fmt.Errorf("%w: rabbit: QueueType %q: want classic or quorum", mq.ErrInvalidURL, cfg.QueueType)
 	case cfg.Shards < 0 || cfg.DeliveryLimit < 0 || cfg.MaxMessageSize < 0 || cfg.ConfirmWindow < 0 || cfg.Prefetch < 0:
 		return fmt.Errorf("%w: rabbit: Shards, DeliveryLimit, MaxMessageSize, ConfirmWindow and Prefetch must not be negative", mq.ErrInvalidURL)
-	case cfg.ReconnectBackoff < 0 || cfg.MaxReconnectBackoff < 0:
-		return fmt.Errorf("%w: rabbit: reconnect backoffs must not be negative", mq.ErrInvalidURL)
+	case cfg.ReconnectBackoff < 0 || cfg.MaxReconnectBackoff < 0 || cfg.ReconnectTimeout < 0:
+		return fmt.Errorf("%w: rabbit: reconnect backoffs and timeout must not be negative", mq.ErrInvalidURL)
 	case cfg.DeliveryLimit > 0 && cfg.queueType() != Quorum:
 		return fmt.Errorf("%w: rabbit: delivery_limit needs queue_type=quorum (classic queues keep no delivery count)", mq.ErrInvalidURL)
 	}
@@ -319,6 +341,9 @@ func (cfg *Config) withDefaults() Config {
 	}
 	if c.MaxReconnectBackoff < c.ReconnectBackoff {
 		c.MaxReconnectBackoff = c.ReconnectBackoff
+	}
+	if c.ReconnectTimeout == 0 {
+		c.ReconnectTimeout = DefaultReconnectTimeout
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

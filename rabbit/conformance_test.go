@@ -28,12 +28,20 @@ func openT(t testing.TB, url string, opts ...mq.Option) *mq.Client {
 
 func TestConformance(t *testing.T) {
 	b := testbed.SharedRabbitMQ(t)
-	for _, qt := range []string{"classic", "quorum"} {
-		t.Run(qt, func(t *testing.T) {
+	for _, tc := range []struct {
+		name, params string
+		features     mqtest.Features
+	}{
+		{"classic", "queue_type=classic", mqtest.Features{Attempts: mqtest.AttemptsRedelivered}},
+		{"quorum", "queue_type=quorum", mqtest.Features{Attempts: mqtest.AttemptsExact}},
+		{"sharded", "queue_type=classic&shards=4", mqtest.Features{Attempts: mqtest.AttemptsRedelivered, KeyOrderAcrossMembers: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			mqtest.Run(t, mqtest.Harness{
-				Open:        func(t testing.TB) *mq.Client { return openT(t, b.URL+"?queue_type="+qt) },
+				Open:        func(t testing.TB) *mq.Client { return openT(t, b.URL+"?"+tc.params) },
 				Timeout:     30 * time.Second,
-				TopicPrefix: "mqtest-" + qt,
+				TopicPrefix: "mqtest-" + tc.name,
+				Features:    tc.features,
 			})
 		})
 	}

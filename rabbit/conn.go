@@ -13,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/backoff"
 )
 
 func init() {
@@ -81,9 +82,10 @@ type Conn struct {
 }
 
 // Dial connects to the broker of cfg.URL and returns a connection. It
-// fails if the broker cannot be reached before ctx ends; once connected,
-// the connection recovers from broker restarts and network failures by
-// itself until Close.
+// makes one attempt, bounded by ctx and Config.ReconnectTimeout, and fails
+// if the broker cannot be reached (the error then wraps
+// mq.ErrUnavailable); once connected, the connection recovers from broker
+// restarts and network failures by itself until Close.
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
@@ -98,9 +100,14 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.pub = newLink(c, "publish")
 	c.sub = newLink(c, "consume")
-	if _, err := c.pub.get(ctx); err != nil {
+	o := c.newOutage(c.pub)
+	cctx, cancel := o.connectCtx(ctx)
+	_, err := c.pub.get(cctx)
+	err = o.connectErr(ctx, cctx, err)
+	cancel()
+	if err != nil {
 		c.cancel()
-		return nil, err
+		return nil, unavailable(err)
 	}
 	return c, nil
 }
@@ -213,27 +220,22 @@ func (c *Conn) isClosed() bool {
 	return c.closed
 }
 
-// backoff returns the wait before reconnection attempt n (from 1).
+// backoff returns the wait before reconnection attempt n (from 1): an
+// exponential step from ReconnectBackoff up to MaxReconnectBackoff, with
+// equal jitter.
 func (c *Conn) backoff(n int) time.Duration {
-	d := c.cfg.ReconnectBackoff
-	for i := 1; i < n && d < c.cfg.MaxReconnectBackoff; i++ {
-		d *= 2
-	}
-	return min(d, c.cfg.MaxReconnectBackoff)
+	return backoff.Equal(backoff.Exp(n, c.cfg.ReconnectBackoff, c.cfg.MaxReconnectBackoff))
 }
 
 // sleep waits d, or until ctx ends or c closes.
 func (c *Conn) sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
+	if backoff.Sleep(ctx, d, c.ctx.Done()) {
 		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-c.ctx.Done():
+	}
+	if c.ctx.Err() != nil {
 		return mq.ErrClosed
 	}
+	return ctx.Err()
 }
 
 // link is one AMQP connection, dialed again on demand after it drops.
@@ -247,6 +249,7 @@ type link struct {
 	gen      uint64
 	declared map[string]bool // exchanges declared on conn
 	closed   bool
+	down     time.Time // since when dialing fails; zero once a dial succeeds
 	// unblocked is non-nil while the broker blocks publishing on conn (a
 	// memory or disk alarm), and closed when it stops.
 	unblocked chan struct{}
@@ -284,7 +287,12 @@ func (l *link) get(ctx context.Context) (*amqp.Connection, error) {
 		if l.c.ctx.Err() != nil {
 			return nil, mq.ErrClosed
 		}
-		return nil, fmt.Errorf("rabbit: connect to %s: %w", l.c.redacted, err)
+		l.mu.Lock()
+		if l.down.IsZero() && transient(err) {
+			l.down = time.Now()
+		}
+		l.mu.Unlock()
+		return nil, fmt.Errorf("rabbit: connect to %s: %w", l.c.redacted, unavailable(err))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -292,6 +300,7 @@ func (l *link) get(ctx context.Context) (*amqp.Connection, error) {
 		_ = conn.Close()
 		return nil, mq.ErrClosed
 	}
+	l.down = time.Time{}
 	if l.gen > 0 {
 		l.c.cfg.Logger.Info("rabbit: reconnected", "connection", l.name, "broker", l.c.redacted)
 	}
@@ -402,6 +411,14 @@ func (l *link) dial(ctx context.Context) (*amqp.Connection, error) {
 	return conn, nil
 }
 
+// downSince returns since when dialing has failed for want of a broker,
+// or the zero time if the last dial succeeded.
+func (l *link) downSince() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.down
+}
+
 func (l *link) close() {
 	l.mu.Lock()
 	conn := l.conn
@@ -426,30 +443,6 @@ func (l *link) setDeclared(conn *amqp.Connection, name string) {
 	if l.conn == conn {
 		l.declared[name] = true
 	}
-}
-
-// retriable reports whether an operation that failed with err may succeed
-// on a new channel or connection: the connection or channel dropped, as
-// opposed to the broker refusing the operation (a missing exchange, a
-// precondition, access).
-func retriable(err error) bool {
-	for _, e := range []error{ErrUnroutable, ErrNacked, ErrNotFound, mq.ErrInvalidMessage, mq.ErrMessageTooLarge} {
-		if errors.Is(err, e) {
-			return false
-		}
-	}
-	var ae *amqp.Error
-	if !errors.As(err, &ae) {
-		return !errors.Is(err, mq.ErrClosed) && !errors.Is(err, mq.ErrInvalidURL) &&
-			!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
-	}
-	switch ae.Code {
-	case amqp.ContentTooLarge, amqp.NoRoute, amqp.NoConsumers, amqp.AccessRefused, amqp.NotFound,
-		amqp.ResourceLocked, amqp.PreconditionFailed, amqp.NotAllowed, amqp.NotImplemented,
-		amqp.InvalidPath, amqp.CommandInvalid, amqp.SyntaxError:
-		return false
-	}
-	return true
 }
 
 // describe turns a broker error into a clear one: ErrNotFound for a

@@ -33,20 +33,32 @@
 // message-id; Headers go in the headers table; Key goes in the x-mq-key
 // header (exactly) and is the routing key (the message ID when the key is
 // empty, a SHA-256 of keys over 255 bytes). Header names starting with
-// "x-mq-", and x-delivery-count, are reserved. Messages over
+// "x-mq-", x-delivery-count and x-acquired-count, are reserved. Messages over
 // max_message_size (default 16 MiB, RabbitMQ 4's default) fail with
 // mq.ErrMessageTooLarge before anything is sent.
 //
 // # Consuming
 //
 // Consumers acknowledge manually, with a prefetch of the consumer's
-// max in-flight per queue. Attempt comes from the broker: on quorum queues
-// it is x-delivery-count + 1, exact across redeliveries. Classic queues
-// keep no count, only a redelivered flag, so Attempt is 2 for every
-// redelivery by the broker (in-process retries by the portable consumer
-// still count up exactly); AMQP cannot change a message's headers when it
-// returns it to a queue, so no header of our own can count either. Use
-// quorum queues where the attempt count matters.
+// max in-flight per queue. Attempt comes from the broker, and what it
+// tells depends on the queue type:
+//
+//   - Quorum queues count deliveries, so Attempt is exact across
+//     redeliveries by the broker, whatever brought the message back (a
+//     dead channel or connection, a consumer's shutdown, a crash): it is
+//     the count + 1, from x-delivery-count, or on RabbitMQ 4.3 and later
+//     from x-acquired-count (4.3 counts only failed deliveries in
+//     x-delivery-count).
+//   - Classic queues keep no count, only a redelivered flag: Attempt is 1
+//     on the first delivery and 2 on every redelivery by the broker, the
+//     tenth as the second. AMQP cannot change a message's headers when it
+//     returns it to a queue, so no header of our own can count either.
+//
+// On both, in-process retries by the portable consumer count up exactly
+// from the delivered Attempt. So on classic queues a message that crashes
+// its consumer every time is seen at Attempt 2 forever, and retry budgets
+// or dead-lettering by Attempt never end the loop: use quorum queues
+// (with delivery_limit) where the attempt count matters.
 //
 // Native dead-lettering: with dead_letter_exchange=NAME, group queues
 // dead-letter to that exchange (declared fanout, with a queue of the same
@@ -63,14 +75,27 @@
 // amqp091-go does not reconnect (its built-in recovery is experimental and
 // left off). This package does: a dropped connection or channel (broker
 // restart, network cut, heartbeat timeout) is dialed again with
-// exponential backoff (reconnect_backoff to max_reconnect_backoff), the
-// topology declared again, and consuming resumes. A Produce in progress or
-// started during the outage waits, bounded by its context, and publishes
-// every message not yet confirmed again on the new connection: it returns
-// nil only when all are confirmed, so some may arrive twice (at-least-once),
-// never not at all. Deliveries received on a channel that has since closed
-// cannot be acknowledged: their Ack returns an error, the portable
-// consumer logs it, and the broker delivers them again.
+// exponential backoff (reconnect_backoff to max_reconnect_backoff, with
+// jitter), the topology declared again, and consuming resumes. A Produce
+// in progress or started during the outage waits, bounded by its context
+// and by reconnect_timeout (default 5s), and publishes every message not
+// yet confirmed again on the new connection: it returns nil only when all
+// are confirmed, so some may arrive twice (at-least-once), never not at
+// all. When the broker stays unreachable it fails with an error wrapping
+// mq.ErrUnavailable; while an outage lasts longer than reconnect_timeout,
+// a Produce makes one attempt and fails at once. Subscribe and Dial fail
+// the same way; a running consumer keeps reconnecting.
+//
+// The broker requeues every unacknowledged delivery of a channel that
+// closes, and may hand it to another member at once. So a delivery's Lost
+// channel (see mq.Delivery) is one per AMQP channel, closed as soon as the
+// subscription learns the channel closed (the broker or the network closed
+// it or its connection, the broker cancelled the consumer) or before the
+// subscription closes it itself (a recycle after a pause, Close): the
+// portable consumer then cancels the contexts of the handlers running
+// those deliveries and never acknowledges them. A network failure that
+// goes unnoticed is learned only at the heartbeat timeout (heartbeat in
+// the URL), possibly after the broker's own.
 //
 // # Per-key order across instances
 //
@@ -91,11 +116,18 @@
 // parallelism one instance needs (the portable consumer runs different
 // keys concurrently within it). N is part of the topology: changing it
 // needs new queues. A sharded consumer that stops receiving without
-// closing (Consume returned, Close not called) keeps its shards. After a
-// connection failure the broker hands the unacknowledged messages of the
-// failed channel to another instance while handlers on the old one may
-// still be running, so around failures a key can be handled twice, and
-// briefly by two instances.
+// closing (Consume returned, Close not called) keeps its shards.
+//
+// When a channel dies the broker hands its unacknowledged messages to
+// another instance at once, at about the moment the old one learns it and
+// cancels their handlers' contexts; the new one holds back the first
+// message it gets redelivered on a shard for 250ms, so handlers that
+// return when their context is cancelled are done before it starts. A
+// handler that ignores its context, or an instance that learns of the
+// failure only at its heartbeat timeout, can still run a key while the
+// other instance does; and around failures a key's messages can be
+// handled twice (at-least-once). Make side effects idempotent by message
+// ID.
 //
 // # Other methods
 //

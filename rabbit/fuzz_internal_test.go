@@ -50,3 +50,28 @@ func FuzzToMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestAttemptHeaders: Attempt from what each queue type and RabbitMQ
+// version tells, never 1 for a redelivery.
+func TestAttemptHeaders(t *testing.T) {
+	s := &subscription{topic: "t"}
+	for _, tc := range []struct {
+		name        string
+		redelivered bool
+		headers     amqp.Table
+		want        int
+	}{
+		{"first delivery", false, nil, 1},
+		{"classic redelivery", true, nil, 2},
+		{"quorum before 4.3, third delivery", true, amqp.Table{headerDeliveryCount: int64(2)}, 3},
+		{"quorum 4.3, returned twice without failure", true, amqp.Table{headerDeliveryCount: int64(0), headerAcquiredCount: int64(2)}, 3},
+		{"quorum 4.3, one failure of three returns", true, amqp.Table{headerDeliveryCount: int64(1), headerAcquiredCount: int64(3)}, 4},
+		{"a zero count on a redelivery", true, amqp.Table{headerDeliveryCount: int32(0)}, 2},
+		{"a foreign, insane count", true, amqp.Table{headerDeliveryCount: int64(-5)}, 2},
+	} {
+		d := &amqp.Delivery{MessageId: "m", Redelivered: tc.redelivered, Headers: tc.headers}
+		if got := s.toMessage(d).Attempt; got != tc.want {
+			t.Errorf("%s: Attempt %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

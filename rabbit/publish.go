@@ -22,6 +22,9 @@ const (
 	headerKey = "x-mq-key"
 	// headerDeliveryCount is set by quorum queues on redelivery.
 	headerDeliveryCount = "x-delivery-count"
+	// headerAcquiredCount is set by quorum queues of RabbitMQ 4.3 and
+	// later on redelivery, counting every earlier delivery.
+	headerAcquiredCount = "x-acquired-count"
 	// reservedPrefix starts header names users may not send.
 	reservedPrefix = "x-mq-"
 )
@@ -124,8 +127,10 @@ func (pc *pubChan) closeReason() error {
 // fails Send with ErrUnroutable or ErrNacked.
 //
 // If the connection drops, Send reconnects and publishes the unconfirmed
-// messages again (some may then arrive twice) until they are confirmed or
-// ctx ends. It never returns nil for a message the broker did not confirm.
+// messages again (some may then arrive twice) until they are confirmed,
+// ctx ends, or the broker has been unreachable for Config.ReconnectTimeout:
+// then the error wraps mq.ErrUnavailable (see Config.ReconnectTimeout). It
+// never returns nil for a message the broker did not confirm.
 func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error {
 	if c.isClosed() {
 		return mq.ErrClosed
@@ -151,20 +156,26 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 	for i := range pending {
 		pending[i] = i
 	}
+	o := c.newOutage(c.pub)
 	var lastErr error
 	for try := 0; ; try++ {
 		if try > 0 {
-			if err := c.sleep(ctx, c.backoff(try)); err != nil {
+			// The last attempt comes when the outage's time is up.
+			if err := c.sleep(ctx, min(c.backoff(try), max(o.left(), 0))); err != nil {
 				if errors.Is(err, mq.ErrClosed) {
 					return err
 				}
-				return fmt.Errorf("rabbit: %d of %d messages unconfirmed: %w (last failure: %w)", len(pending), len(msgs), err, lastErr)
+				return fmt.Errorf("rabbit: %d of %d messages unconfirmed: %w (last failure: %w)", len(pending), len(msgs), err, unavailable(lastErr))
 			}
 		}
-		pc, err := c.getPubChan(ctx)
+		before := len(pending)
+		cctx, cancel := o.connectCtx(ctx)
+		pc, err := c.getPubChan(cctx)
 		if err == nil {
-			err = c.declareForPublish(ctx, pc, topic)
+			err = c.declareForPublish(cctx, pc, topic)
 		}
+		err = o.connectErr(ctx, cctx, err)
+		cancel()
 		if err == nil {
 			var clean bool
 			pending, clean, err = c.publish(ctx, pc, topic, pubs, keys, msgs, pending)
@@ -183,12 +194,23 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 			return mq.ErrClosed
 		}
 		if ctx.Err() != nil {
+			if lastErr != nil {
+				return fmt.Errorf("rabbit: %d of %d messages unconfirmed: %w (last failure: %w)", len(pending), len(msgs), err, unavailable(lastErr))
+			}
 			return fmt.Errorf("rabbit: %d of %d messages unconfirmed: %w", len(pending), len(msgs), err)
 		}
 		if !retriable(err) {
 			return err
 		}
+		if len(pending) < before {
+			o.progressed()
+		}
+		o.failed()
 		lastErr = err
+		if o.left() <= 0 {
+			return fmt.Errorf("rabbit: %d of %d messages unconfirmed, the broker unreachable for %v: %w",
+				len(pending), len(msgs), time.Since(o.start()).Round(time.Millisecond), unavailable(err))
+		}
 		if try == 0 || try%10 == 0 {
 			c.cfg.Logger.Warn("rabbit: publish interrupted; retrying unconfirmed messages", "topic", topic, "unconfirmed", len(pending), "error", err)
 		}
@@ -351,7 +373,7 @@ func toPublishing(m *mq.Message, now time.Time) (amqp.Publishing, error) {
 		switch {
 		case len(k) > 255:
 			return amqp.Publishing{}, fmt.Errorf("%w: message %s: header name of %d bytes; AMQP allows 255", mq.ErrInvalidMessage, m.ID, len(k))
-		case strings.HasPrefix(k, reservedPrefix) || k == headerDeliveryCount:
+		case strings.HasPrefix(k, reservedPrefix) || k == headerDeliveryCount || k == headerAcquiredCount:
 			return amqp.Publishing{}, fmt.Errorf("%w: message %s: header %q is reserved by the rabbit backend", mq.ErrInvalidMessage, m.ID, k)
 		}
 		h[k] = v

@@ -2,11 +2,8 @@ package rabbit_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -20,51 +17,6 @@ import (
 	"github.com/mqkit/mq/integration/testbed"
 	"github.com/mqkit/mq/rabbit"
 )
-
-func uniqueTopic(prefix string) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	return fmt.Sprintf("%s-%x", prefix, b)
-}
-
-// consumeT runs Consume in a goroutine until the test ends (or stop is
-// called) and fails the test if it returns an error.
-func consumeT(t *testing.T, c *mq.Client, topic string, h mq.HandlerFunc, opts ...mq.Option) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cons, err := c.Consumer(ctx, topic, opts...)
-	if err != nil {
-		t.Fatalf("Consumer(%q): %v", topic, err)
-	}
-	runCtx, runCancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- cons.Consume(runCtx, h) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			runCancel()
-			if err := <-done; err != nil {
-				t.Errorf("Consume: %v", err)
-			}
-			_ = cons.Close()
-		})
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // TestBrokerRestart restarts the broker while a producer and a consumer
 // run, and checks that every message whose Produce returned nil is
@@ -596,18 +548,7 @@ func TestResourceAlarm(t *testing.T) {
 	if err := p.Produce(ctx, topic, &mq.Message{}); err != nil {
 		t.Fatal(err)
 	}
-	ctl := func(args ...string) error {
-		ectx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		code, out, err := b.Container().Exec(ectx, append([]string{"rabbitmqctl"}, args...))
-		if err == nil && code != 0 {
-			var sb strings.Builder
-			_, _ = io.Copy(&sb, out)
-			err = fmt.Errorf("exit %d: %s", code, sb.String())
-		}
-		return err
-	}
-	if err := ctl("set_vm_memory_high_watermark", "0"); err != nil {
+	if err := rabbitmqctl(ctx, b, "set_vm_memory_high_watermark", "0"); err != nil {
 		t.Fatalf("cannot raise a memory alarm with rabbitmqctl: %v", err)
 	}
 
@@ -624,47 +565,10 @@ func TestResourceAlarm(t *testing.T) {
 		t.Errorf("Produce under a memory alarm = %v, want a context deadline error", err)
 	}
 	t.Logf("under the alarm: %v", err)
-	if err := ctl("set_vm_memory_high_watermark", "0.4"); err != nil {
+	if err := rabbitmqctl(ctx, b, "set_vm_memory_high_watermark", "0.4"); err != nil {
 		t.Fatalf("clearing the alarm: %v", err)
 	}
 	if err := p.Produce(ctx, topic, &mq.Message{}); err != nil {
 		t.Errorf("Produce after the alarm cleared: %v", err)
 	}
-}
-
-// dialT connects with rabbit.Dial, logging to w, and wraps the connection
-// in a client closed when the test ends.
-func dialT(t *testing.T, url string, w io.Writer) *mq.Client {
-	t.Helper()
-	cfg, err := rabbit.ParseURL(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Logger = slog.New(slog.NewTextHandler(w, nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	conn, err := rabbit.Dial(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := mq.NewClient(conn)
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

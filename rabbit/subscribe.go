@@ -2,13 +2,9 @@ package rabbit
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -22,10 +18,13 @@ import (
 // with manual acknowledgements and a prefetch of Config.Prefetch (default
 // opts.MaxInFlight) per queue.
 //
-// When the channel or connection drops, the subscription reconnects with
-// backoff, declares its topology again and resumes by itself. Deliveries
-// received before the drop can no longer be acknowledged (their Ack
-// returns an error) and the broker delivers them again.
+// While the broker cannot be reached, Subscribe retries for at most
+// Config.ReconnectTimeout and then fails with an error wrapping
+// mq.ErrUnavailable. Once subscribed, when the channel or connection
+// drops, the subscription reconnects with backoff (for as long as it
+// takes), declares its topology again and resumes by itself. Deliveries
+// received before the drop are lost (see mq.Delivery.Lost): the broker
+// requeues them, and their Ack fails.
 func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.SubscribeOptions) (mq.Subscription, error) {
 	if c.isClosed() {
 		return nil, mq.ErrClosed
@@ -52,33 +51,48 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 		stop:     make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancel(c.ctx)
+	o := c.newOutage(c.sub)
 	var ss *session
+	var lastErr error
 	for try := 1; ; try++ {
-		var err error
-		ss, err = s.connect(ctx)
+		cctx, cancel := o.connectCtx(ctx)
+		next, err := s.connect(cctx)
+		err = o.connectErr(ctx, cctx, err)
+		cancel()
 		if err == nil {
+			ss = next
 			break
 		}
-		lastErr := err
-		if !retriable(err) || ctx.Err() != nil || c.ctx.Err() != nil {
+		if c.ctx.Err() != nil {
 			s.cancel()
-			if c.ctx.Err() != nil {
-				return nil, mq.ErrClosed
-			}
+			return nil, mq.ErrClosed
+		}
+		if ctx.Err() != nil && lastErr != nil {
+			err = fmt.Errorf("rabbit: subscribe: %w (last failure: %w)", err, unavailable(lastErr))
+		}
+		if !retriable(err) || ctx.Err() != nil {
+			s.cancel()
 			return nil, err
 		}
-		if err := c.sleep(ctx, c.backoff(try)); err != nil {
+		o.failed()
+		lastErr = err
+		if o.left() <= 0 {
+			s.cancel()
+			return nil, fmt.Errorf("rabbit: subscribe: the broker unreachable for %v: %w",
+				time.Since(o.start()).Round(time.Millisecond), unavailable(err))
+		}
+		if err := c.sleep(ctx, min(c.backoff(try), max(o.left(), 0))); err != nil {
 			s.cancel()
 			if errors.Is(err, mq.ErrClosed) {
 				return nil, err
 			}
-			return nil, fmt.Errorf("rabbit: subscribe: %w (last failure: %w)", err, lastErr)
+			return nil, fmt.Errorf("rabbit: subscribe: %w (last failure: %w)", err, unavailable(lastErr))
 		}
 	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		_ = ss.ch.Close()
+		ss.retire()
 		s.cancel()
 		return nil, mq.ErrClosed
 	}
@@ -89,6 +103,8 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 	return s, nil
 }
 
+// subscription is one consumer's membership of a group: a supervisor
+// (run) keeps a session open on the consuming connection.
 type subscription struct {
 	c            *Conn
 	topic, group string
@@ -111,13 +127,56 @@ type subscription struct {
 
 // session is one channel of a subscription, consuming the group's queues
 // while the subscription is wanted.
+//
+// Its deliveries can be settled only on its channel: once the channel
+// closes, for whatever reason, the broker requeues every delivery not yet
+// acknowledged and may already be handing it to another member. So a
+// session's lost channel, which all its deliveries return from Lost, is
+// closed (by retire, or by run) as soon as the subscription learns that
+// the channel closed or decides to close it, before it does.
 type session struct {
 	ch      *amqp.Channel
 	closes  chan *amqp.Error
 	cancels chan string
 	queues  []string
-	round   *round // the consumers, nil before the first Receive
-	stale   bool   // paused: recycle before consuming again
+	round   *round // the consumers, nil before the first Receive; guarded by subscription.mu
+	stale   bool   // paused: recycle before consuming again; guarded by subscription.mu
+
+	lost     chan struct{} // closed by lose
+	loseOnce sync.Once
+}
+
+// newSession watches the new channel ch of a subscription with shards
+// queues.
+func newSession(ch *amqp.Channel, shards int) *session {
+	return &session{
+		ch:      ch,
+		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+		cancels: ch.NotifyCancel(make(chan string, shards)),
+		lost:    make(chan struct{}),
+	}
+}
+
+// lose closes ss.lost: the subscription no longer holds the right to
+// settle the session's deliveries. It is idempotent.
+func (ss *session) lose() { ss.loseOnce.Do(func() { close(ss.lost) }) }
+
+// isLost reports whether lose was called.
+func (ss *session) isLost() bool {
+	select {
+	case <-ss.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// retire gives up ss and closes its channel, waiting for the broker's
+// close-ok (or the connection's end): its deliveries are lost first, so no
+// acknowledgement races the broker's requeueing.
+func (ss *session) retire() {
+	ss.lose()
+	_ = ss.ch.Close()
 }
 
 // round is one basic.consume per queue.
@@ -143,11 +202,7 @@ func (s *subscription) connect(ctx context.Context) (*session, error) {
 		if err != nil {
 			return fmt.Errorf("rabbit: open channel: %w", err)
 		}
-		next := &session{
-			ch:      ch,
-			closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
-			cancels: ch.NotifyCancel(make(chan string, s.c.cfg.Shards)),
-		}
+		next := newSession(ch, s.c.cfg.Shards)
 		next.queues, err = s.c.declareGroup(ch, s.topic, s.group)
 		if err == nil {
 			if err = ch.Qos(s.prefetch, 0, false); err != nil {
@@ -171,7 +226,9 @@ func (s *subscription) connect(ctx context.Context) (*session, error) {
 			}
 		}
 		if err != nil {
-			_ = ch.Close()
+			// Consumers that started before the failure may have handed
+			// out deliveries already.
+			next.retire()
 		}
 		return err
 	})
@@ -197,41 +254,9 @@ func (s *subscription) consumeLocked(ss *session) error {
 		}
 		r.tags = append(r.tags, tag)
 		s.wg.Add(1)
-		go s.forward(ss.ch, d)
+		go s.forward(ss, d)
 	}
 	return nil
-}
-
-// pause stops handing out deliveries: the portable consumer stopped
-// receiving (its Receive context ended) or is shutting down (it nacks).
-//
-// On a plain queue it cancels the consumers, so the broker gives the
-// group's messages to other members while no Consume runs here. On the
-// single-active-consumer queues of Shards it keeps them, so no other
-// member becomes active while this one still holds messages. Either way
-// the deliveries buffered here stay unacknowledged, and the next Receive
-// closes the channel and consumes on a new one: the broker then requeues
-// them in queue order, after the nacks of the messages handed out, which
-// keeps per-key order.
-func (s *subscription) pause() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.want {
-		return
-	}
-	s.want = false
-	ss := s.cur
-	if ss == nil || ss.round == nil {
-		return
-	}
-	ss.stale = true
-	if s.c.cfg.Shards > 1 {
-		return
-	}
-	for _, tag := range ss.round.tags {
-		// After cancel-ok no more deliveries come.
-		_ = ss.ch.Cancel(tag, false)
-	}
 }
 
 // run supervises the subscription: when the channel drops it reconnects
@@ -243,16 +268,19 @@ func (s *subscription) run(ss *session) {
 		var reason error
 		select {
 		case <-s.stop:
-			_ = ss.ch.Close()
+			ss.retire()
 			return
 		case e := <-ss.closes:
+			// The broker requeues what the channel held: another member
+			// may be handling it already.
+			ss.lose()
 			reason = errors.New("channel closed")
 			if e != nil {
 				reason = e
 			}
 		case tag := <-ss.cancels:
 			reason = fmt.Errorf("the broker cancelled consumer %s (queue deleted?)", tag)
-			_ = ss.ch.Close()
+			ss.retire()
 		}
 		s.mu.Lock()
 		s.cur = nil
@@ -298,91 +326,6 @@ func (s *subscription) run(ss *session) {
 	}
 }
 
-// forward hands one consumer's deliveries to Receive, in order.
-func (s *subscription) forward(ch *amqp.Channel, src <-chan amqp.Delivery) {
-	defer s.wg.Done()
-	for d := range src {
-		select {
-		case s.out <- &delivery{s: s, ch: ch, tag: d.DeliveryTag, msg: s.toMessage(&d)}:
-		case <-s.stop:
-			return
-		}
-	}
-}
-
-// Receive implements mq.Subscription. Deliveries of one queue come in the
-// queue's order. Deliveries of a channel that has since closed are
-// dropped: the broker delivers them again on the new channel. The first
-// Receive starts consuming; when ctx ends, consuming pauses until the next
-// Receive.
-func (s *subscription) Receive(ctx context.Context, max int) ([]mq.Delivery, error) {
-	if err := s.resume(); err != nil {
-		return nil, err
-	}
-	var out []mq.Delivery
-	take := func(d *delivery) {
-		if d.ch.IsClosed() {
-			return
-		}
-		s.c.track(d)
-		out = append(out, d)
-	}
-	for len(out) == 0 {
-		select {
-		case d := <-s.out:
-			take(d)
-		case err := <-s.errs:
-			return nil, err
-		case <-ctx.Done():
-			s.pause()
-			return nil, ctx.Err()
-		case <-s.stop:
-			return nil, mq.ErrClosed
-		}
-	more:
-		for len(out) < max {
-			select {
-			case d := <-s.out:
-				take(d)
-			default:
-				break more
-			}
-		}
-	}
-	return out, nil
-}
-
-// resume starts consuming if a pause (or Subscribe) left it stopped.
-func (s *subscription) resume() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	select {
-	case <-s.stop:
-		return mq.ErrClosed
-	default:
-	}
-	if s.want {
-		return nil
-	}
-	s.want = true
-	ss := s.cur
-	switch {
-	case ss == nil:
-		// The supervisor consumes when it reconnects.
-	case ss.stale:
-		// Paused with deliveries unsettled here: close the channel, so the
-		// broker requeues them in order, and let the supervisor consume
-		// on a new one. Deliveries buffered from the old channel are
-		// dropped by Receive.
-		s.cur = nil
-		_ = ss.ch.Close()
-	default:
-		// The channel is closed by a failure; the supervisor reconnects.
-		return s.consumeLocked(ss)
-	}
-	return nil
-}
-
 // Close implements mq.Subscription: it closes the channel, so the broker
 // takes back every unacknowledged delivery, and stops the subscription's
 // goroutines. Close is idempotent.
@@ -404,196 +347,3 @@ func (s *subscription) Close() error {
 	})
 	return nil
 }
-
-// toMessage maps an AMQP delivery onto an mq.Message.
-func (s *subscription) toMessage(d *amqp.Delivery) *mq.Message {
-	m := &mq.Message{
-		ID:        d.MessageId,
-		Body:      d.Body,
-		Topic:     s.topic,
-		Timestamp: d.Timestamp,
-		Attempt:   1,
-	}
-	if m.Body == nil {
-		m.Body = []byte{}
-	}
-	if m.Timestamp.IsZero() {
-		m.Timestamp = time.Now()
-	}
-	if d.Redelivered {
-		m.Attempt = 2
-	}
-	for k, v := range d.Headers {
-		switch k {
-		case headerKey:
-			m.Key = headerString(v)
-			continue
-		case headerDeliveryCount:
-			// Quorum queues count earlier deliveries; a value that is not a
-			// sane count (from a foreign publisher) is ignored.
-			if n, ok := headerInt(v); ok && n >= 0 && n < 1<<31-1 {
-				m.Attempt = int(n) + 1
-			}
-			continue
-		}
-		// Headers sent through mq are strings; the broker adds others
-		// (x-death is a list of tables): keep those with a text form.
-		if sv, ok := headerText(v); ok {
-			m.SetHeader(k, sv)
-		}
-	}
-	if m.ID == "" {
-		// Published without a message-id (not through mq): derive a
-		// stable ID from the content, so redeliveries share it.
-		h := sha256.New()
-		h.Write([]byte(d.Exchange + "\x00" + d.RoutingKey + "\x00" + d.Timestamp.String() + "\x00"))
-		h.Write(d.Body)
-		m.ID = "sha256:" + hex.EncodeToString(h.Sum(nil)[:16])
-	}
-	return m
-}
-
-func headerString(v any) string {
-	s, _ := headerText(v)
-	return s
-}
-
-func headerText(v any) (string, bool) {
-	switch x := v.(type) {
-	case string:
-		return x, true
-	case []byte:
-		return string(x), true
-	case bool:
-		return strconv.FormatBool(x), true
-	case time.Time:
-		return x.UTC().Format(time.RFC3339), true
-	}
-	if n, ok := headerInt(v); ok {
-		return strconv.FormatInt(n, 10), true
-	}
-	return "", false
-}
-
-func headerInt(v any) (int64, bool) {
-	switch x := v.(type) {
-	case int:
-		return int64(x), true
-	case int8:
-		return int64(x), true
-	case int16:
-		return int64(x), true
-	case int32:
-		return int64(x), true
-	case int64:
-		return x, true
-	case uint8:
-		return int64(x), true
-	case uint16:
-		return int64(x), true
-	case uint32:
-		return int64(x), true
-	}
-	return 0, false
-}
-
-// delivery is one message delivered on one channel.
-type delivery struct {
-	s      *subscription
-	ch     *amqp.Channel
-	tag    uint64
-	msg    *mq.Message
-	reject atomic.Bool // set by DeadLetter: Ack rejects to the DLX
-}
-
-func (d *delivery) Message() *mq.Message { return d.msg }
-
-// Ack acknowledges the delivery, or, when DeadLetter marked it, rejects it
-// without requeue so the broker dead-letters it. On a channel that closed
-// since the delivery it fails: the broker delivers the message again.
-func (d *delivery) Ack(context.Context) error {
-	d.s.c.untrack(d)
-	var err error
-	if d.reject.Load() {
-		err = d.ch.Reject(d.tag, false)
-	} else {
-		err = d.ch.Ack(d.tag, false)
-	}
-	return d.settleErr("ack", err)
-}
-
-// Nack returns the delivery to its queue (basic.nack with requeue). The
-// portable consumer nacks only when it shuts down, so Nack first pauses
-// consuming: the broker then gives the message to another member rather
-// than back to this idle one.
-func (d *delivery) Nack(context.Context) error {
-	d.s.c.untrack(d)
-	d.s.pause()
-	return d.settleErr("nack", d.ch.Nack(d.tag, false, true))
-}
-
-func (d *delivery) settleErr(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	if d.ch.IsClosed() {
-		return fmt.Errorf("rabbit: %s message %s: its channel closed since delivery, so the broker delivers it again: %w", op, d.msg.ID, err)
-	}
-	return fmt.Errorf("rabbit: %s message %s: %w", op, d.msg.ID, err)
-}
-
-func (c *Conn) track(d *delivery) {
-	c.mu.Lock()
-	c.live[d.msg] = d
-	c.mu.Unlock()
-}
-
-func (c *Conn) untrack(d *delivery) {
-	c.mu.Lock()
-	if c.live[d.msg] == d {
-		delete(c.live, d.msg)
-	}
-	c.mu.Unlock()
-}
-
-// DeadLetter returns middleware that hands failing messages to RabbitMQ's
-// native dead-lettering instead of retrying them in-process: when the
-// handler returns a permanent error (see mq.Permanent), or fails at
-// Attempt maxAttempts or later, the middleware returns nil and the
-// consumer's acknowledgement rejects the message without requeue, so the
-// broker routes it through Config.DeadLetterExchange with an x-death
-// header (reason "rejected", queue, time, count).
-//
-// It is the broker-native alternative to package dlq's middleware; use one
-// or the other. It only acts on messages received through this Conn while
-// Config.DeadLetterExchange is set; otherwise it returns the handler's
-// error unchanged (and the consumer retries it), so a message is never
-// dropped for want of a dead-letter exchange. maxAttempts below 1 means 1.
-func (c *Conn) DeadLetter(maxAttempts int) mq.Middleware {
-	maxAttempts = max(maxAttempts, 1)
-	return func(next mq.Handler) mq.Handler {
-		return mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
-			err := next.Handle(ctx, m)
-			if err == nil || c.cfg.DeadLetterExchange == "" || (!mq.IsPermanent(err) && m.Attempt < maxAttempts) {
-				return err
-			}
-			c.mu.Lock()
-			d := c.live[m]
-			c.mu.Unlock()
-			if d == nil {
-				return err
-			}
-			d.reject.Store(true)
-			c.cfg.Logger.Warn("rabbit: dead-lettering message", "id", m.ID, "topic", m.Topic, "attempt", m.Attempt,
-				"dead_letter_exchange", c.cfg.DeadLetterExchange, "error", err)
-			return nil
-		})
-	}
-}
-
-var (
-	_ mq.Conn         = (*Conn)(nil)
-	_ mq.Sizer        = (*Conn)(nil)
-	_ mq.Subscription = (*subscription)(nil)
-	_ mq.Delivery     = (*delivery)(nil)
-)

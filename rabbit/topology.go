@@ -155,16 +155,21 @@ func (c *Conn) declareGroup(ch *amqp.Channel, topic, group string) ([]string, er
 // Lag returns the number of messages ready for delivery (not counting
 // those delivered and not yet acknowledged) in the queues of group on
 // topic, from a passive queue.declare. The queues must exist: otherwise the
-// error wraps ErrNotFound.
+// error wraps ErrNotFound. When the broker cannot be reached (within
+// Config.ReconnectTimeout) the error wraps mq.ErrUnavailable.
 func (c *Conn) Lag(ctx context.Context, topic, group string) (int, error) {
 	if c.isClosed() {
 		return 0, mq.ErrClosed
 	}
 	// On the consuming connection: the broker never blocks it, as it
 	// publishes nothing.
-	conn, err := c.sub.get(ctx)
+	o := c.newOutage(c.sub)
+	cctx, cancel := o.connectCtx(ctx)
+	conn, err := c.sub.get(cctx)
+	err = o.connectErr(ctx, cctx, err)
+	cancel()
 	if err != nil {
-		return 0, err
+		return 0, unavailable(err)
 	}
 	total := 0
 	err = c.call(ctx, func(commit func(func()) bool) error {
@@ -185,7 +190,7 @@ func (c *Conn) Lag(ctx context.Context, topic, group string) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, unavailable(err)
 	}
 	return total, nil
 }
