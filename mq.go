@@ -90,6 +90,16 @@ type Message struct {
 	Attempt int
 }
 
+// HeaderIDNotUnique is the header a backend sets, to "true", on a
+// delivered message whose ID it had to derive because the producer (a
+// client other than mqkit) gave the message none and the broker keeps
+// nothing that tells two such messages apart: distinct messages may then
+// share the ID. Deduplication by ID must not trust it: package idempotency
+// runs such messages unguarded, as at-least-once delivery, rather than
+// skip one as a duplicate of another. Producers that want dedup set a
+// message ID (the AMQP message_id property, say).
+const HeaderIDNotUnique = "mq-id-not-unique"
+
 // Clone returns a copy of m with its own Headers map and Body slice, safe to
 // keep and modify after the handler returns.
 func (m *Message) Clone() *Message {

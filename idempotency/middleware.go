@@ -20,7 +20,9 @@ type Config struct {
 	Namespace string
 
 	// KeyFunc returns a message's deduplication key. Default: the message
-	// ID. Return a business key (say, the "payment-id" header) to skip
+	// ID; a message marked with mq.HeaderIDNotUnique (a foreign message
+	// whose backend had to derive its ID) then runs without deduplication,
+	// since another message may share its ID. Return a business key (say, the "payment-id" header) to skip
 	// messages that carry the same request under different IDs. A message
 	// for which KeyFunc returns "" fails with an error wrapping
 	// ErrEmptyKey, marked mq.Permanent: such a message cannot be
@@ -105,14 +107,16 @@ func New(store Store, cfg Config) (mq.Middleware, error) {
 	if cfg.Keep == 0 {
 		cfg.Keep = 24 * time.Hour
 	}
-	if cfg.KeyFunc == nil {
+	byID := cfg.KeyFunc == nil
+	if byID {
 		cfg.KeyFunc = func(m *mq.Message) string { return m.ID }
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	warnOnce := new(sync.Once) // shared by every handler the middleware wraps
 	return func(next mq.Handler) mq.Handler {
-		return &dedup{next: next, store: store, cfg: cfg, prefix: cfg.Namespace + ":"}
+		return &dedup{next: next, store: store, cfg: cfg, prefix: cfg.Namespace + ":", byID: byID, warnOnce: warnOnce}
 	}, nil
 }
 
@@ -121,9 +125,22 @@ type dedup struct {
 	store  Store
 	cfg    Config
 	prefix string // Namespace + ":"
+	byID   bool   // the key is the message ID (no KeyFunc given)
+
+	warnOnce *sync.Once // about messages whose ID is not unique
 }
 
 func (d *dedup) Handle(ctx context.Context, m *mq.Message) error {
+	if d.byID && m.Header(mq.HeaderIDNotUnique) == "true" {
+		// Distinct messages may share this ID (a foreign producer set
+		// none): skipping one as a "duplicate" would lose it. Run it
+		// unguarded, at least once.
+		d.warnOnce.Do(func() {
+			d.cfg.Logger.Warn("idempotency: messages without a producer-set ID are not deduplicated (their derived IDs may repeat); set a message ID to have them deduplicated",
+				"topic", m.Topic, "id", m.ID)
+		})
+		return d.next.Handle(ctx, m)
+	}
 	k := d.cfg.KeyFunc(m)
 	if k == "" {
 		return mq.Permanent(fmt.Errorf("%w: message %s on topic %q", ErrEmptyKey, m.ID, m.Topic))

@@ -399,3 +399,48 @@ func TestNoBrokerClientLinked(t *testing.T) {
 		}
 	}
 }
+
+// TestMiddlewareIDNotUnique: messages whose backend marked their derived ID
+// as possibly shared are never skipped as duplicates of each other, while a
+// business key from KeyFunc is still trusted.
+func TestMiddlewareIDNotUnique(t *testing.T) {
+	store := NewMemoryStore(MemoryStoreConfig{})
+	var logs bytes.Buffer
+	byID, _ := New(store, Config{Namespace: "g", Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	byKey, _ := New(store, Config{Namespace: "g2", KeyFunc: func(m *mq.Message) string { return m.Header("order") }})
+	runs := 0
+	h := mq.HandlerFunc(func(context.Context, *mq.Message) error { runs++; return nil })
+	derived := func() *mq.Message {
+		return &mq.Message{ID: "sha256:same", Topic: "orders", Headers: map[string]string{mq.HeaderIDNotUnique: "true", "order": "7"}}
+	}
+	for range 3 {
+		if err := byID(h).Handle(context.Background(), derived()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if runs != 3 {
+		t.Fatalf("three distinct messages sharing a derived ID: handler ran %d times, want 3", runs)
+	}
+	if n := strings.Count(logs.String(), "not deduplicated"); n != 1 {
+		t.Errorf("warned %d times, want once: %s", n, logs.String())
+	}
+	runs = 0
+	for range 3 {
+		if err := byKey(h).Handle(context.Background(), derived()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if runs != 1 {
+		t.Fatalf("a business key is trusted whatever the ID: handler ran %d times, want 1", runs)
+	}
+	// An ordinary ID is deduplicated as before.
+	runs = 0
+	for range 2 {
+		if err := byID(h).Handle(context.Background(), &mq.Message{ID: "m-1", Topic: "orders"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if runs != 1 {
+		t.Fatalf("a producer-set ID: handler ran %d times, want 1", runs)
+	}
+}
