@@ -61,11 +61,15 @@
 //
 // # Start-up
 //
-// A consumer group receives only messages produced after the group exists,
-// and RabbitMQ refuses a publish to an exchange that no queue is bound to.
-// Services therefore call [Ensure] for their dead-letter topics at start-up,
-// before the first message can fail: it creates the [InspectGroup] that
-// [List] and [Redrive] read, so every dead letter is kept for them.
+// A consumer group receives only messages produced after the group exists
+// (on RabbitMQ, a message published while no group's queue is bound waits
+// in the topic's unrouted queue, where no group reads it). [List] and
+// [Redrive] read the dead-letter topic as [InspectGroup], so that group
+// must exist before the first dead letter. Give the middleware the
+// consumer's client ([Config.Client]) and it makes sure of that itself: it
+// calls [Ensure] for each dead-letter topic before publishing to it the
+// first time. A middleware given only a [Config.Producer] (of another
+// broker, say) cannot: the service then calls Ensure at start-up.
 //
 // # Inspection and redrive
 //
@@ -85,6 +89,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -208,8 +213,16 @@ const (
 
 // Config configures the dead-letter middleware.
 type Config struct {
-	// Producer publishes dead letters. Required. It may be a producer of
-	// another client than the consumer's (for example another broker).
+	// Client, when set, publishes the dead letters (unless Producer is
+	// set too) and lets the middleware Ensure each dead-letter topic
+	// before its first dead letter, so List and Redrive find every one.
+	// Usually the consumer's own client.
+	Client *mq.Client
+
+	// Producer publishes dead letters. It may be a producer of another
+	// client than the consumer's (for example another broker). Either
+	// Client or Producer is required; with only Producer, call Ensure at
+	// start-up (see the package documentation).
 	Producer mq.Producer
 
 	// Topic names the dead-letter topic of a source topic. Default
@@ -277,8 +290,11 @@ func DefaultTopic(source string) string { return source + ".dlq" }
 // (the consumer is shutting down): it returns the handler's error, and the
 // message goes back to the broker to be handled again.
 func New(cfg Config) (mq.Middleware, error) {
+	if cfg.Producer == nil && cfg.Client == nil {
+		return nil, fmt.Errorf("%w: set Client or Producer", ErrInvalidConfig)
+	}
 	if cfg.Producer == nil {
-		return nil, fmt.Errorf("%w: Producer is nil", ErrInvalidConfig)
+		cfg.Producer = cfg.Client.Producer()
 	}
 	if cfg.MaxAttempts < 0 {
 		return nil, fmt.Errorf("%w: MaxAttempts is %d; use 0 for no limit", ErrInvalidConfig, cfg.MaxAttempts)
@@ -304,14 +320,44 @@ func New(cfg Config) (mq.Middleware, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	ens := &ensurer{ensured: map[string]bool{}} // shared by every handler the middleware wraps
 	return func(next mq.Handler) mq.Handler {
-		return &handler{cfg: &cfg, next: next}
+		return &handler{cfg: &cfg, next: next, ens: ens}
 	}, nil
 }
 
 type handler struct {
 	cfg  *Config
 	next mq.Handler
+	ens  *ensurer
+}
+
+// ensurer remembers the dead-letter topics Ensure succeeded on.
+type ensurer struct {
+	mu      sync.Mutex
+	ensured map[string]bool
+}
+
+// ensure runs Ensure for topic once it succeeded, when cfg.Client is set.
+// Concurrent first dead letters of one topic may both run it: it is
+// idempotent.
+func (h *handler) ensure(ctx context.Context, topic string) error {
+	if h.cfg.Client == nil {
+		return nil
+	}
+	h.ens.mu.Lock()
+	done := h.ens.ensured[topic]
+	h.ens.mu.Unlock()
+	if done {
+		return nil
+	}
+	if err := Ensure(ctx, h.cfg.Client, topic); err != nil {
+		return err
+	}
+	h.ens.mu.Lock()
+	h.ens.ensured[topic] = true
+	h.ens.mu.Unlock()
+	return nil
 }
 
 func (h *handler) Handle(ctx context.Context, m *mq.Message) error {
@@ -439,7 +485,10 @@ func (h *handler) deadLetter(ctx context.Context, m *mq.Message, orig map[string
 // error says a retry cannot succeed. Every failure is logged.
 func (h *handler) publish(ctx context.Context, m *mq.Message, topic string, dead *mq.Message, cause error) error {
 	for failures := 1; ; failures++ {
-		err := h.cfg.Producer.Produce(ctx, topic, dead)
+		err := h.ensure(ctx, topic)
+		if err == nil {
+			err = h.cfg.Producer.Produce(ctx, topic, dead)
+		}
 		if err == nil {
 			return nil
 		}

@@ -159,7 +159,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		name string
 		cfg  dlq.Config
 	}{
-		{"nil producer", dlq.Config{}},
+		{"neither client nor producer", dlq.Config{}},
 		{"negative max attempts", dlq.Config{Producer: e.c.Producer(), MaxAttempts: -1}},
 	}
 	for _, tc := range tests {
@@ -1020,3 +1020,43 @@ func (f producerFunc) Produce(ctx context.Context, topic string, msgs ...*mq.Mes
 	return f(ctx, topic, msgs...)
 }
 func (producerFunc) Close() error { return nil }
+
+// TestClientEnsuresOnFirstUse: a middleware given the consumer's client
+// makes InspectGroup exist on the dead-letter topic before its first dead
+// letter, so a service that never called Ensure still has every letter
+// kept for List and Redrive.
+func TestClientEnsuresOnFirstUse(t *testing.T) {
+	e := newEnv(t)
+	ctx := testCtx(t)
+	mw, err := dlq.New(dlq.Config{Client: e.c, Group: "billing"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := mw(mq.HandlerFunc(func(context.Context, *mq.Message) error { return mq.Permanent(errors.New("bad order")) }))
+	inspected := func() bool {
+		for _, s := range e.b.Stats() {
+			if s.Topic == "orders.dlq" && s.Group == dlq.InspectGroup {
+				return true
+			}
+		}
+		return false
+	}
+	if inspected() {
+		t.Fatal("the inspect group exists before any dead letter")
+	}
+	for i := range 3 {
+		if err := h.Handle(ctx, &mq.Message{ID: fmt.Sprint("o", i), Topic: "orders"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !inspected() {
+		t.Fatal("no inspect group on orders.dlq after the first dead letter")
+	}
+	letters, err := dlq.List(ctx, e.c, "orders.dlq", 0, dlq.WithIdle(settle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(letters) != 3 {
+		t.Fatalf("List found %d dead letters, want 3", len(letters))
+	}
+}

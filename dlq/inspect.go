@@ -26,9 +26,10 @@ const (
 )
 
 // Ensure makes InspectGroup exist on each dead-letter topic, so that every
-// dead letter published from now on is kept for List and Redrive, and so
-// that RabbitMQ has a queue bound to the topic's exchange (a publish to an
-// exchange with no queue fails there). Call it at service start-up for the
+// dead letter published from now on is kept for List and Redrive (on
+// RabbitMQ, a group's queue is what keeps a message). The dead-letter
+// middleware calls it itself before its first dead letter to a topic when
+// it has a Config.Client; otherwise call it at service start-up for the
 // dead-letter topics the service's middleware publishes to, before
 // consuming. It is cheap and idempotent.
 func Ensure(ctx context.Context, c *mq.Client, dlqTopics ...string) error {
