@@ -233,6 +233,16 @@ var (
 	// ErrNoGroup is returned when a consumer is created without a group.
 	ErrNoGroup = errors.New("mq: consumer needs a group")
 
+	// ErrUnknownGroup is wrapped by the error a backend's lag or group
+	// operation returns for a consumer group the broker does not know:
+	// one that never consumed, or was deleted. It is never reported as a
+	// group that is behind by everything.
+	ErrUnknownGroup = errors.New("mq: unknown consumer group")
+
+	// ErrGroupActive is wrapped by the error of Client.DeleteGroup for a
+	// group whose consumers are still running.
+	ErrGroupActive = errors.New("mq: consumer group has live members")
+
 	// ErrInProgress is returned (wrapped) by a handler or middleware when
 	// another consumer is handling the same message right now, as dedup
 	// middleware reports a claim held elsewhere. The message should come

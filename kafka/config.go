@@ -2,18 +2,18 @@ package kafka
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/IBM/sarama"
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/tlsfiles"
+	"github.com/mqkit/mq/internal/urlparams"
 	"github.com/xdg-go/scram"
 )
 
@@ -34,10 +34,13 @@ type Config struct {
 	// ReplicationFactor. Without it, producing to or consuming from a
 	// missing topic fails with an error saying so.
 	CreateTopics bool
-	// Partitions of created topics. Default 1.
+	// Partitions of created topics. Default: the broker's num.partitions.
 	Partitions int32
 	// ReplicationFactor of created topics. Default: the broker's
 	// default.replication.factor.
+	//
+	// Both defaults are applied by the broker, from Kafka 2.4 on; with an
+	// older broker (or Version below 2.4) set both.
 	ReplicationFactor int16
 
 	// MaxMessageBytes is the largest message the producer sends; Produce
@@ -63,6 +66,14 @@ type Config struct {
 	// sign handled as Java does), "roundrobin" or "random".
 	Partitioner string
 
+	// ReadUncommitted makes consumers read every record, also those of
+	// transactions that were aborted or are still open. By default they
+	// read committed records only (isolation.level=read_committed), as
+	// Java consumers of transactional topics are configured to: records of
+	// an aborted transaction are never handed to a handler, and a
+	// partition's records after an open transaction wait until it ends.
+	// Topics without transactional producers read the same either way.
+	ReadUncommitted bool
 	// StartNewest makes a group with no committed offset start at the end
 	// of each partition. By default it starts at the oldest retained
 	// message, so nothing produced after the group was created is missed.
@@ -130,6 +141,8 @@ func (c Config) clientID() string {
 //	idempotent=false          Config.DisableIdempotence
 //	partitioner=murmur2       murmur2, sarama, reference, roundrobin, random
 //	start=oldest              oldest or newest
+//	isolation=read_committed  read_committed or read_uncommitted
+//	                          (Config.ReadUncommitted)
 //	balance=range             range, roundrobin, sticky
 //	drain_timeout=15s         Config.DrainTimeout
 //	session_timeout=10s       Config.SessionTimeout
@@ -168,167 +181,113 @@ func ParseURL(u *url.URL) (Config, error) {
 		c.User = u.User.Username()
 		c.Password, _ = u.User.Password()
 	}
-	var errs []error
-	bad := func(name, v, want string) {
-		errs = append(errs, fmt.Errorf("%s=%q: want %s", name, v, want))
-	}
-	var tlsOn bool
-	var caFile, certFile, keyFile, serverName string
-	var insecure bool
-	q := u.Query()
-	names := slices.Sorted(func(yield func(string) bool) {
-		for k := range q {
-			if !yield(k) {
-				return
-			}
+	q := urlparams.New(u.Query())
+	q.String("client_id", &c.ClientID)
+	q.Func("version", func(v string) error {
+		ver, err := sarama.ParseKafkaVersion(v)
+		if err != nil {
+			return errors.New("a Kafka version such as 3.9.0")
 		}
+		c.Version = ver
+		return nil
 	})
-	for _, name := range names {
-		v := q.Get(name)
-		switch name {
-		case "client_id":
-			c.ClientID = v
-		case "version":
-			ver, err := sarama.ParseKafkaVersion(v)
-			if err != nil {
-				bad(name, v, "a Kafka version such as 3.9.0")
-			}
-			c.Version = ver
-		case "create_topics":
-			c.CreateTopics = parseBool(v, name, bad)
-		case "partitions":
-			n, err := strconv.ParseInt(v, 10, 32)
-			if err != nil || n < 1 {
-				bad(name, v, "a whole number above 0")
-			}
-			c.Partitions = int32(n)
-		case "replication":
-			n, err := strconv.ParseInt(v, 10, 16)
-			if err != nil || n < 1 {
-				bad(name, v, "a whole number above 0")
-			}
-			c.ReplicationFactor = int16(n)
-		case "message_max_bytes":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				bad(name, v, "a whole number above 0")
-			}
-			c.MaxMessageBytes = n
-		case "compression":
-			codec, ok := map[string]sarama.CompressionCodec{
-				"none": sarama.CompressionNone, "gzip": sarama.CompressionGZIP, "snappy": sarama.CompressionSnappy,
-				"lz4": sarama.CompressionLZ4, "zstd": sarama.CompressionZSTD,
-			}[v]
-			if !ok {
-				bad(name, v, "none, gzip, snappy, lz4 or zstd")
-			}
-			c.Compression = codec
-		case "linger":
-			c.Linger = parseDuration(v, name, bad)
-		case "batch_bytes":
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 0 {
-				bad(name, v, "a whole number")
-			}
-			c.BatchBytes = n
-		case "idempotent":
-			c.DisableIdempotence = !parseBool(v, name, bad)
-		case "partitioner":
-			if _, ok := partitioners[v]; !ok {
-				bad(name, v, "murmur2, sarama, reference, roundrobin or random")
-			}
-			c.Partitioner = v
-		case "start":
-			switch v {
-			case "oldest":
-			case "newest":
-				c.StartNewest = true
-			default:
-				bad(name, v, "oldest or newest")
-			}
-		case "balance":
-			if _, ok := balancers[v]; !ok {
-				bad(name, v, "range, roundrobin or sticky")
-			}
-			c.Balance = v
-		case "drain_timeout":
-			c.DrainTimeout = parseDuration(v, name, bad)
-		case "session_timeout":
-			c.SessionTimeout = parseDuration(v, name, bad)
-		case "dial_timeout":
-			c.DialTimeout = parseDuration(v, name, bad)
-		case "tls":
-			tlsOn = parseBool(v, name, bad)
-		case "tls_ca":
-			caFile, tlsOn = v, true
-		case "tls_cert":
-			certFile, tlsOn = v, true
-		case "tls_key":
-			keyFile, tlsOn = v, true
-		case "tls_server_name":
-			serverName, tlsOn = v, true
-		case "tls_insecure":
-			insecure, tlsOn = parseBool(v, name, bad), true
-		case "sasl":
-			mech, ok := map[string]string{"plain": sarama.SASLTypePlaintext, "scram-sha-256": sarama.SASLTypeSCRAMSHA256, "scram-sha-512": sarama.SASLTypeSCRAMSHA512}[strings.ToLower(v)]
-			if !ok {
-				bad(name, v, "plain, scram-sha-256 or scram-sha-512")
-			}
-			c.SASLMechanism = mech
-		default:
-			errs = append(errs, fmt.Errorf("unknown kafka:// parameter %q", name))
+	q.Bool("create_topics", &c.CreateTopics)
+	var partitions, replication int
+	if q.Int("partitions", &partitions, 1) {
+		if partitions > math.MaxInt32 {
+			q.Bad("partitions", strconv.Itoa(partitions), "at most 2147483647")
 		}
+		c.Partitions = int32(min(partitions, math.MaxInt32))
 	}
+	if q.Int("replication", &replication, 1) {
+		if replication > math.MaxInt16 {
+			q.Bad("replication", strconv.Itoa(replication), "at most 32767")
+		}
+		c.ReplicationFactor = int16(min(replication, math.MaxInt16))
+	}
+	q.Int("message_max_bytes", &c.MaxMessageBytes, 1)
+	var compression string
+	if q.Enum("compression", &compression, "none", "gzip", "snappy", "lz4", "zstd") {
+		c.Compression = compressions[compression]
+	}
+	q.Duration("linger", &c.Linger, 0)
+	q.Int("batch_bytes", &c.BatchBytes, 0)
+	idempotent := true
+	if q.Bool("idempotent", &idempotent) {
+		c.DisableIdempotence = !idempotent
+	}
+	q.Enum("partitioner", &c.Partitioner, "murmur2", "sarama", "reference", "roundrobin", "random")
+	var start string
+	if q.Enum("start", &start, "oldest", "newest") {
+		c.StartNewest = start == "newest"
+	}
+	var isolation string
+	if q.Enum("isolation", &isolation, "read_committed", "read_uncommitted") {
+		c.ReadUncommitted = isolation == "read_uncommitted"
+	}
+	q.Enum("balance", &c.Balance, "range", "roundrobin", "sticky")
+	q.Duration("drain_timeout", &c.DrainTimeout, 0)
+	q.Duration("session_timeout", &c.SessionTimeout, 0)
+	q.Duration("dial_timeout", &c.DialTimeout, 0)
+
+	var tlsOn, insecure bool
+	var caFile, certFile, keyFile, serverName string
+	q.Bool("tls", &tlsOn)
+	// Any tls_* parameter turns TLS on.
+	if q.String("tls_ca", &caFile) {
+		tlsOn = true
+	}
+	if q.String("tls_cert", &certFile) {
+		tlsOn = true
+	}
+	if q.String("tls_key", &keyFile) {
+		tlsOn = true
+	}
+	if q.String("tls_server_name", &serverName) {
+		tlsOn = true
+	}
+	if q.Bool("tls_insecure", &insecure) {
+		tlsOn = true
+	}
+	q.Func("sasl", func(v string) error {
+		mech, ok := saslMechanisms[strings.ToLower(v)]
+		if !ok {
+			return errors.New("plain, scram-sha-256 or scram-sha-512")
+		}
+		c.SASLMechanism = mech
+		return nil
+	})
 	if c.SASLMechanism != "" && c.User == "" {
-		errs = append(errs, errors.New("sasl needs a user and password in the URL (kafka://user:password@host:9092)"))
+		q.Fail(errors.New("sasl needs a user and password in the URL (kafka://user:password@host:9092)"))
 	}
 	if c.SASLMechanism == "" && c.User != "" {
-		errs = append(errs, errors.New("the URL has a user but no sasl=plain|scram-sha-256|scram-sha-512 to authenticate with"))
+		q.Fail(errors.New("the URL has a user but no sasl=plain|scram-sha-256|scram-sha-512 to authenticate with"))
 	}
 	if (certFile == "") != (keyFile == "") {
-		errs = append(errs, errors.New("tls_cert and tls_key go together"))
+		q.Fail(errors.New("tls_cert and tls_key go together"))
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := q.Err("kafka://"); err != nil {
 		return c, fmt.Errorf("%w: %w", mq.ErrInvalidURL, err)
 	}
 	if tlsOn {
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName, InsecureSkipVerify: insecure}
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return c, fmt.Errorf("%w: tls_ca: %w", mq.ErrInvalidURL, err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return c, fmt.Errorf("%w: tls_ca %q holds no PEM certificate", mq.ErrInvalidURL, caFile)
-			}
-		}
-		if certFile != "" {
-			cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return c, fmt.Errorf("%w: tls_cert/tls_key: %w", mq.ErrInvalidURL, err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
+		if err := tlsfiles.Load(tc, caFile, certFile, keyFile); err != nil {
+			return c, fmt.Errorf("%w: %w", mq.ErrInvalidURL, err)
 		}
 		c.TLS = tc
 	}
 	return c, nil
 }
 
-func parseBool(v, name string, bad func(name, v, want string)) bool {
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		bad(name, v, "true or false")
-	}
-	return b
+var compressions = map[string]sarama.CompressionCodec{
+	"none": sarama.CompressionNone, "gzip": sarama.CompressionGZIP, "snappy": sarama.CompressionSnappy,
+	"lz4": sarama.CompressionLZ4, "zstd": sarama.CompressionZSTD,
 }
 
-func parseDuration(v, name string, bad func(name, v, want string)) time.Duration {
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		bad(name, v, "a duration such as 500ms or 10s")
-	}
-	return d
+var saslMechanisms = map[string]string{
+	"plain":         sarama.SASLTypePlaintext,
+	"scram-sha-256": sarama.SASLTypeSCRAMSHA256,
+	"scram-sha-512": sarama.SASLTypeSCRAMSHA512,
 }
 
 var balancers = map[string]sarama.BalanceStrategy{
@@ -392,6 +351,12 @@ func (c Config) sarama() (*sarama.Config, error) {
 	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
 	if c.StartNewest {
 		sc.Consumer.Offsets.Initial = sarama.OffsetNewest
+	}
+	// Read committed by default; brokers before 0.11 have no transactions
+	// and no isolation levels.
+	sc.Consumer.IsolationLevel = sarama.ReadCommitted
+	if c.ReadUncommitted || !sc.Version.IsAtLeast(sarama.V0_11_0_0) {
+		sc.Consumer.IsolationLevel = sarama.ReadUncommitted
 	}
 	sc.Consumer.Offsets.AutoCommit.Enable = true
 	sc.Consumer.Offsets.AutoCommit.Interval = time.Second

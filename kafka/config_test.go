@@ -122,3 +122,22 @@ func FuzzToMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestParseURLReportsEveryProblem checks that ParseURL names every bad
+// parameter at once, and lists the known ones for an unknown name.
+func TestParseURLReportsEveryProblem(t *testing.T) {
+	u, _ := url.Parse("kafka://h/?partitions=0&linger=soon&bogus=1&tls_ca=/no/such/file")
+	_, err := ParseURL(u)
+	if !errors.Is(err, mq.ErrInvalidURL) {
+		t.Fatalf("ParseURL = %v, want ErrInvalidURL", err)
+	}
+	for _, want := range []string{`partitions="0"`, `linger="soon"`, `unknown kafka:// parameter "bogus"`, "isolation"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseURL error %q does not say %q", err, want)
+		}
+	}
+	u, _ = url.Parse("kafka://h/?tls_ca=/no/such/file")
+	if _, err := ParseURL(u); !errors.Is(err, mq.ErrInvalidURL) || !strings.Contains(err.Error(), "tls_ca") {
+		t.Errorf("missing tls_ca file: %v, want ErrInvalidURL naming tls_ca", err)
+	}
+}

@@ -69,16 +69,12 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 		loop: make(chan struct{}), leaving: make(chan struct{}), wake: make(chan struct{}), space: make(chan struct{}),
 		max: max(opts.MaxInFlight, 1),
 	}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if !c.subs.Add(s) {
 		cancel()
 		_ = cg.Close()
 		_ = client.Close()
 		return nil, mq.ErrClosed
 	}
-	c.subs[s] = struct{}{}
-	c.mu.Unlock()
 	go s.run(runCtx)
 	return s, nil
 }
@@ -280,9 +276,7 @@ func (s *subscription) Close() error {
 		err := s.cg.Close()
 		<-s.loop
 		s.closeErr = errors.Join(err, s.client.Close())
-		s.conn.mu.Lock()
-		delete(s.conn.subs, s)
-		s.conn.mu.Unlock()
+		s.conn.subs.Remove(s)
 	})
 	return s.closeErr
 }
@@ -485,7 +479,11 @@ func toMessage(r *sarama.ConsumerMessage) *mq.Message {
 }
 
 // fillMessage converts a record into m. Records from other clients (no
-// mq-id header) get a stable ID from their position.
+// mq-id header) get a stable ID from their position. A null value (a
+// tombstone) gets the header HeaderTombstone and an empty Body; a record
+// header of that name is not read, so the header means exactly that the
+// value was null. Of record headers sharing a name the last one is kept; a
+// null header value reads as "".
 func fillMessage(m *mq.Message, r *sarama.ConsumerMessage) {
 	*m = mq.Message{
 		Body:      r.Value,
@@ -493,23 +491,30 @@ func fillMessage(m *mq.Message, r *sarama.ConsumerMessage) {
 		Timestamp: r.Timestamp,
 		Attempt:   1,
 	}
+	tomb := r.Value == nil
 	var id []byte
 	hasID, others := false, 0
 	for _, h := range r.Headers {
 		switch {
-		case h == nil:
+		case h == nil, string(h.Key) == HeaderTombstone:
 		case string(h.Key) == HeaderID:
 			id, hasID = h.Value, true // the last one wins, as in a map
 		default:
 			others++
 		}
 	}
+	if tomb {
+		others++
+	}
 	if others > 0 {
 		m.Headers = make(map[string]string, others)
 		for _, h := range r.Headers {
-			if h != nil && string(h.Key) != HeaderID {
+			if h != nil && string(h.Key) != HeaderID && string(h.Key) != HeaderTombstone {
 				m.Headers[string(h.Key)] = string(h.Value)
 			}
+		}
+		if tomb {
+			m.Headers[HeaderTombstone] = "true"
 		}
 	}
 	if hasID && len(id) > 0 {

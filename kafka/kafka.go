@@ -12,8 +12,40 @@
 // internal retries never write a message twice. Messages of one Produce call
 // are pipelined. A message's Key is the record key and picks the partition
 // with the Java client's murmur2 hash by default, so Go and Java producers
-// put one key on one partition. The message ID travels in the record header
+// put one key on one partition (librdkafka clients, such as
+// confluent-kafka and kcat, hash with CRC32 unless configured with
+// partitioner=murmur2_random). The message ID travels in the record header
 // "mq-id"; other headers are record headers.
+//
+// # Records
+//
+// A message is one record: Key is the record key (an empty Key is a null
+// key, which the partitioner spreads instead of hashing), Body the value,
+// ID the "mq-id" header, and every other header a record header. An empty
+// Body is an empty value, never a null one: a null value is a tombstone,
+// which deletes the key from a compacted topic, and is written only when
+// asked for with the header HeaderTombstone ("mq-tombstone: true", the
+// body empty; the header itself is not written). Consuming a record with a
+// null value gives a message with that header set to "true" and an empty
+// Body, so an empty value and a tombstone stay apart, and producing such a
+// message again writes a tombstone again.
+//
+// Records written by other clients are consumed too: a record without the
+// "mq-id" header (or with an empty one) gets the ID
+// "<topic>/<partition>/<offset>", stable across redeliveries. What a record
+// can hold and a message cannot is mapped as follows: of several headers
+// with one name the last is kept (as Java's Headers.lastHeader reads
+// them), a null header value and a null key read as "", header order is
+// not kept, and a record header named "mq-tombstone" is ignored (the
+// header on a delivered message says only that the value was null).
+// Timestamp is the record's timestamp (its producer's CreateTime, or the
+// broker's LogAppendTime if the topic is configured so; the time of
+// delivery for a record that has none).
+//
+// Consumers read only records of committed transactions by default
+// (isolation.level=read_committed): records of aborted or still-open
+// transactions of other clients are never handed to a handler. Set
+// Config.ReadUncommitted (isolation=read_uncommitted) to read them all.
 //
 // # Consuming
 //
@@ -61,11 +93,7 @@
 // instead. Produce during or after Close returns an error wrapping
 // mq.ErrClosed.
 //
-// Records written by other clients are consumed too: a record without the
-// "mq-id" header gets the ID "<topic>/<partition>/<offset>", stable across
-// redeliveries.
-//
-// See ParseURL for the URL parameters, and Conn for lag and topic
+// See ParseURL for the URL parameters, and Conn for lag, group and topic
 // operations.
 package kafka
 
@@ -80,6 +108,7 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/closeset"
 )
 
 func init() { mq.Register("kafka", driver{}) }
@@ -96,6 +125,15 @@ func (driver) Open(ctx context.Context, u *url.URL) (mq.Conn, error) {
 
 // HeaderID is the record header that carries the message ID.
 const HeaderID = "mq-id"
+
+// HeaderTombstone marks a tombstone: a record with a null value, which
+// deletes its key from a compacted topic. Produce writes a message whose
+// Headers have HeaderTombstone set to "true" (and whose Body is empty) as
+// a record with a null value, without this header; any other value of the
+// header, or a body, is an error wrapping mq.ErrInvalidMessage. A
+// delivered message has it set to "true" exactly when the record's value
+// was null, whoever wrote it; its Body is then empty.
+const HeaderTombstone = "mq-tombstone"
 
 // Conn is a connection to a Kafka cluster: the mq.Conn of kafka:// URLs.
 // Reach it from a client with FromClient.
@@ -115,9 +153,7 @@ type Conn struct {
 	topicsMu sync.Mutex
 	topics   map[string]bool // topics known to exist
 
-	mu     sync.Mutex
-	closed bool
-	subs   map[*subscription]struct{}
+	subs closeset.Set[*subscription] // closed by Close: then the Conn is closed
 }
 
 // NewConn connects to the cluster cfg names.
@@ -133,7 +169,7 @@ func NewConn(ctx context.Context, cfg Config) (*Conn, error) {
 	if err != nil {
 		return nil, classify(fmt.Errorf("kafka: connect to %v: %w", cfg.Brokers, err))
 	}
-	return &Conn{cfg: cfg, sc: sc, client: client, topics: map[string]bool{}, subs: map[*subscription]struct{}{}}, nil
+	return &Conn{cfg: cfg, sc: sc, client: client, topics: map[string]bool{}}, nil
 }
 
 // newClient is sarama.NewClient bounded by ctx: sarama's own dial and
@@ -180,21 +216,11 @@ func (c *Conn) MaxMessageBytes() int { return c.cfg.maxMessageBytes() }
 // Close closes consumers, the producer and the connection. It is
 // idempotent.
 func (c *Conn) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	first, err := c.subs.CloseAll()
+	if !first {
 		return nil
 	}
-	c.closed = true
-	subs := make([]*subscription, 0, len(c.subs))
-	for s := range c.subs {
-		subs = append(subs, s)
-	}
-	c.mu.Unlock()
-	var errs []error
-	for _, s := range subs {
-		errs = append(errs, s.Close())
-	}
+	errs := []error{err}
 	c.prodOnce.Do(func() { c.prodErr = mq.ErrClosed })
 	if c.prod != nil {
 		errs = append(errs, c.prod.close())
@@ -209,11 +235,7 @@ func (c *Conn) Close() error {
 	return errors.Join(errs...)
 }
 
-func (c *Conn) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
+func (c *Conn) isClosed() bool { return c.subs.Closed() }
 
 func (c *Conn) adminClient() (sarama.ClusterAdmin, error) {
 	c.adminOnce.Do(func() {
@@ -265,20 +287,26 @@ func (c *Conn) topicExists(topic string) (bool, error) {
 	}
 }
 
-// CreateTopic creates topic with the given partitions (0 means 1) and
-// replication factor (0 means the broker's default), with max.message.bytes
-// set to Config.MaxMessageBytes when that was configured. An existing topic
-// is not an error. It returns once the topic's metadata is visible.
+// CreateTopic creates topic with the given partitions and replication
+// factor, with max.message.bytes set to Config.MaxMessageBytes when that
+// was configured. Zero (or less) means the broker's default: its
+// num.partitions and default.replication.factor, which the broker applies
+// from Kafka 2.4 on (KIP-464; with an older broker, or Config.Version
+// below 2.4, give both). An existing topic is not an error, whatever its
+// partitions. It returns once the topic's metadata is visible.
 func (c *Conn) CreateTopic(ctx context.Context, topic string, partitions int32, replication int16) error {
+	if (partitions <= 0 || replication <= 0) && !c.sc.Version.IsAtLeast(sarama.V2_4_0_0) {
+		return fmt.Errorf("kafka: create topic %q: the broker's default partitions and replication need protocol version 2.4 or later (version=%s): set partitions= and replication=", topic, c.sc.Version)
+	}
 	admin, err := c.adminClient()
 	if err != nil {
 		return classify(fmt.Errorf("kafka: admin client: %w", err))
 	}
 	if partitions <= 0 {
-		partitions = 1
+		partitions = -1 // the broker's num.partitions
 	}
 	if replication <= 0 {
-		replication = -1
+		replication = -1 // the broker's default.replication.factor
 	}
 	detail := &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: replication}
 	if c.cfg.MaxMessageBytes > 0 {
@@ -314,11 +342,23 @@ type PartitionLag struct {
 }
 
 // Lag returns, for each partition of topic, how many messages group has not
-// committed yet.
+// committed yet. A group the cluster does not know gives an error wrapping
+// ErrUnknownGroup rather than the whole topic as lag: a group that never
+// joined, was deleted, or was forgotten (Kafka drops a group without
+// members at its next offsets cleanup once it has no committed offsets
+// left: those expire after offsets.retention.minutes, 7 days by default).
+//
+// Records of transactions count as they sit in the log: a committed
+// transaction's commit marker takes an offset that consumers skip, so a
+// group that handled everything a transactional producer wrote may show a
+// lag of 1 on the partition until more records follow.
 func (c *Conn) Lag(ctx context.Context, topic, group string) ([]PartitionLag, error) {
 	admin, err := c.adminClient()
 	if err != nil {
 		return nil, classify(fmt.Errorf("kafka: admin client: %w", err))
+	}
+	if err := c.checkGroupKnown(ctx, admin, group); err != nil {
+		return nil, err
 	}
 	if err := c.client.RefreshMetadata(topic); err != nil {
 		return nil, classify(fmt.Errorf("kafka: metadata for %q: %w", topic, err))
@@ -359,5 +399,8 @@ func (c *Conn) Lag(ctx context.Context, topic, group string) ([]PartitionLag, er
 	return out, nil
 }
 
-var _ mq.Conn = (*Conn)(nil)
-var _ mq.Sizer = (*Conn)(nil)
+var (
+	_ mq.Conn         = (*Conn)(nil)
+	_ mq.Sizer        = (*Conn)(nil)
+	_ mq.GroupDeleter = (*Conn)(nil)
+)

@@ -3,6 +3,7 @@ package kafka_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,7 +24,10 @@ func TestKafka(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs a Kafka broker; skipped with -short")
 	}
-	b := testbed.Kafka(t)
+	// num.partitions=3 shows that create_topics=true without partitions=
+	// takes the broker's default; one partition for the transaction log
+	// makes the first transactional producer start fast.
+	b := testbed.Kafka(t, testbed.WithEnv("KAFKA_NUM_PARTITIONS", "3"), testbed.WithEnv("KAFKA_TRANSACTION_STATE_LOG_NUM_PARTITIONS", "1"))
 	open := func(t testing.TB, params string) *mq.Client {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -65,6 +69,14 @@ func TestKafka(t *testing.T) {
 	})
 	t.Run("Lag", func(t *testing.T) { testLag(t, open(t, "&partitions=2")) })
 	t.Run("Kcat", func(t *testing.T) { testKcat(t, b, open(t, "&partitions=1")) })
+	t.Run("PythonToGo", func(t *testing.T) { testPythonToGo(t, b, open(t, "")) })
+	t.Run("GoToPython", func(t *testing.T) { testGoToPython(t, b, open(t, "")) })
+	t.Run("TombstoneMisuseRejected", func(t *testing.T) { testTombstoneRejected(t, open(t, "")) })
+	t.Run("ReadCommittedByDefault", func(t *testing.T) { testTransactions(t, b, open(t, ""), open) })
+	t.Run("CreateTopicsBrokerDefaultPartitions", func(t *testing.T) { testBrokerDefaultPartitions(t, open) })
+	t.Run("LagUnknownGroup", func(t *testing.T) { testLagUnknownGroup(t, open(t, "")) })
+	t.Run("PythonPartitioner", func(t *testing.T) { testPythonPartitioner(t, b, open(t, "")) })
+	t.Run("DeleteGroup", func(t *testing.T) { testDeleteGroup(t, open(t, "&partitions=1")) })
 }
 
 func testKeyOrderOnePartition(t *testing.T, c *mq.Client) {
@@ -221,6 +233,32 @@ func testLag(t *testing.T, c *mq.Client) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	k, ok := kafka.FromClient(c)
+	if !ok {
+		t.Fatal("FromClient: not a Kafka client")
+	}
+	// The member joins in the background: wait until the cluster knows
+	// the group (before, Lag says ErrUnknownGroup), then leave without
+	// committing anything.
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- cons.Consume(cctx, mq.HandlerFunc(func(context.Context, *mq.Message) error { return nil }))
+	}()
+	for {
+		_, err := k.Lag(ctx, topic, "g")
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, kafka.ErrUnknownGroup) || ctx.Err() != nil {
+			t.Fatalf("Lag while the member joins: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	_ = cons.Close()
 	msgs := make([]*mq.Message, 10)
 	for i := range msgs {
@@ -228,10 +266,6 @@ func testLag(t *testing.T, c *mq.Client) {
 	}
 	if err := c.Producer().Produce(ctx, topic, msgs...); err != nil {
 		t.Fatal(err)
-	}
-	k, ok := kafka.FromClient(c)
-	if !ok {
-		t.Fatal("FromClient: not a Kafka client")
 	}
 	lag, err := k.Lag(ctx, topic, "g")
 	if err != nil {

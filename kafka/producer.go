@@ -144,9 +144,26 @@ func (p *producer) hand(ctx context.Context, pms []sarama.ProducerMessage) (int,
 	return len(pms), nil
 }
 
+// isTombstone reports whether m asks for a tombstone (a null value) with
+// the header HeaderTombstone. Its value must be "true" and the body empty.
+func isTombstone(m *mq.Message) (bool, error) {
+	v, ok := m.Headers[HeaderTombstone]
+	switch {
+	case !ok:
+		return false, nil
+	case v != "true":
+		return false, fmt.Errorf("%w: message %s: header %s=%q: want \"true\" (or no such header)", mq.ErrInvalidMessage, m.ID, HeaderTombstone, v)
+	case len(m.Body) > 0:
+		return false, fmt.Errorf("%w: message %s: a tombstone (header %s) has no body, got %d bytes", mq.ErrInvalidMessage, m.ID, HeaderTombstone, len(m.Body))
+	}
+	return true, nil
+}
+
 // Send produces msgs and waits until all of them are acknowledged by all
-// in-sync replicas. If ctx ends first, Send returns its error while the
-// messages may still be written. Send during or after Close returns an
+// in-sync replicas. An empty Body is written as an empty value, a message
+// whose header HeaderTombstone is "true" as a tombstone (a null value).
+// If ctx ends first, Send returns its error while the messages may still
+// be written. Send during or after Close returns an
 // error wrapping mq.ErrClosed (the messages it handed to sarama before
 // Close began may still be written: the error says how many); an outage of
 // the cluster gives an error wrapping mq.ErrUnavailable.
@@ -171,13 +188,21 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 		if m.Key != "" {
 			pm.Key = sarama.StringEncoder(m.Key)
 		}
-		// sarama may still hold the message if ctx ends early; give it a
-		// copy so the caller may reuse Body once Send returns.
-		pm.Value = sarama.ByteEncoder(append([]byte(nil), m.Body...))
+		tomb, err := isTombstone(m)
+		if err != nil {
+			return err
+		}
+		if !tomb {
+			// A non-nil slice even for an empty Body: sarama writes a nil
+			// value as null, a tombstone. sarama may still hold the
+			// message if ctx ends early; the copy lets the caller reuse
+			// Body once Send returns.
+			pm.Value = sarama.ByteEncoder(append(make([]byte, 0, len(m.Body)), m.Body...))
+		}
 		pm.Headers = make([]sarama.RecordHeader, 0, len(m.Headers)+1)
 		pm.Headers = append(pm.Headers, sarama.RecordHeader{Key: []byte(HeaderID), Value: []byte(m.ID)})
 		for k, v := range m.Headers {
-			if k == HeaderID {
+			if k == HeaderID || k == HeaderTombstone {
 				continue
 			}
 			pm.Headers = append(pm.Headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,4 +102,27 @@ func TestSendRacingCloseNeverPanics(t *testing.T) {
 		cancel()
 	}
 	t.Logf("%d rounds: %d sends succeeded, %d refused with mq.ErrClosed", rounds, sent, closedErrs)
+}
+
+// TestCreateTopicOldVersionNeedsSizes checks that with a protocol version
+// before 2.4, which cannot ask the broker for its default partitions and
+// replication, CreateTopic says to set them instead of sending -1.
+func TestCreateTopicOldVersionNeedsSizes(t *testing.T) {
+	mb := mockCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := NewConn(ctx, Config{Brokers: []string{mb.Addr()}, Version: sarama.V2_3_0_0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, tc := range []struct {
+		partitions  int32
+		replication int16
+	}{{0, 1}, {3, 0}} {
+		err := c.CreateTopic(ctx, "new", tc.partitions, tc.replication)
+		if err == nil || !strings.Contains(err.Error(), "set partitions= and replication=") {
+			t.Errorf("CreateTopic(%d, %d) with version 2.3 = %v, want an error saying to set both", tc.partitions, tc.replication, err)
+		}
+	}
 }
