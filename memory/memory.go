@@ -329,7 +329,7 @@ func (c *conn) DeleteGroup(_ context.Context, topicName, groupName string) error
 		return nil
 	}
 	if g.members > 0 {
-		return fmt.Errorf("memory: group %q of topic %q has %d members subscribed; close them first", groupName, topicName, g.members)
+		return fmt.Errorf("memory: %w: group %q of topic %q has %d members subscribed; close them first", mq.ErrGroupActive, groupName, topicName, g.members)
 	}
 	delete(t.groups, groupName)
 	t.freed() // its messages no longer hold producers back
