@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"sort"
 	"strings"
@@ -30,7 +31,7 @@ type app struct {
 	// open connects to a broker URL. Production uses mq.Open; tests
 	// substitute an opener that shares one in-process broker.
 	open func(ctx context.Context, url string, opts ...mq.Option) (*mq.Client, error)
-	url  string // from the global -url flag, MQ_URL, or mem://
+	url  string // from the global -url flag; empty: a command's own -url, else MQ_URL
 }
 
 // run is the command's entry point: it runs the command in args and
@@ -47,7 +48,7 @@ type command struct {
 
 var commands = []command{
 	{"produce", "-topic T [-key K] [-header k=v ...] [message ...]", "send messages (the arguments, or stdin lines)", (*app).produce},
-	{"consume", "-topic T -group G [-json] [-n N] [-timeout D]", "print messages as a member of a consumer group", (*app).consume},
+	{"consume", "-topic T [-group G -ack] [-json] [-n N] [-timeout D]", "print a topic's messages (in a private group unless -group G -ack)", (*app).consume},
 	{"dlq", "list|redrive|ensure -topic T [flags]", "inspect and redrive dead letters", (*app).dlq},
 	{"lag", "-topic T -group G", "show how far a consumer group is behind", (*app).lag},
 	{"demo", "[-orders N] [-seed S]", "run an order pipeline with retries, dedup and a DLQ", (*app).demo},
@@ -59,13 +60,13 @@ func (a *app) usage() {
 	for _, c := range commands {
 		fmt.Fprintf(a.stderr, "  %-8s %s\n  %-8s   %s\n", c.name, c.args, "", c.summary)
 	}
-	fmt.Fprintf(a.stderr, "\nThe URL comes from -url, else $MQ_URL, else mem:// (a broker inside this process).\n")
+	fmt.Fprintf(a.stderr, "\nThe broker URL comes from -url, else $MQ_URL; there is no default (mem:// names a\nthrowaway broker inside the command; mq demo uses it when no URL is given).\n")
 	fmt.Fprintf(a.stderr, "Schemes: %s. Run \"mq <command> -h\" for a command's flags.\n", strings.Join(mq.Schemes(), ", "))
 }
 
 func (a *app) run(ctx context.Context, args []string) int {
 	fs := a.flags("mq")
-	fs.StringVar(&a.url, "url", a.defaultURL(), "broker URL (default $MQ_URL, else mem://)")
+	fs.StringVar(&a.url, "url", "", "broker `URL` (default $MQ_URL)")
 	fs.Usage = a.usage
 	if code, ok := a.parse(fs, args); !ok {
 		return code
@@ -89,11 +90,16 @@ func (a *app) run(ctx context.Context, args []string) int {
 	return exitUsage
 }
 
-func (a *app) defaultURL() string {
-	if u := a.getenv("MQ_URL"); u != "" {
-		return u
+// brokerURL returns the URL a command connects to: its own -url flag,
+// else the global one, else $MQ_URL; "" when none is set.
+func (a *app) brokerURL(flagURL string) string {
+	switch {
+	case flagURL != "":
+		return flagURL
+	case a.url != "":
+		return a.url
 	}
-	return "mem://"
+	return a.getenv("MQ_URL")
 }
 
 // flags returns a flag set that reports to stderr and does not exit.
@@ -115,15 +121,26 @@ func (a *app) parse(fs *flag.FlagSet, args []string) (code int, ok bool) {
 	return 0, true
 }
 
-// urlFlag adds a -url flag to a subcommand, defaulting to the global one.
+// urlFlag adds a -url flag to a subcommand. Its default is resolved when
+// connecting (see brokerURL), never shown in help: a URL may hold a
+// password.
 func (a *app) urlFlag(fs *flag.FlagSet) *string {
-	return fs.String("url", a.url, "broker URL (default: the global -url, $MQ_URL, else mem://)")
+	return fs.String("url", "", "broker `URL` (default: the global -url, else $MQ_URL)")
 }
 
 // connect opens the broker. On failure it prints one line (mq.Open never
 // puts a password in its errors) and returns the exit code: 2 for a URL
 // that is wrong, 1 for a broker that cannot be reached.
+//
+// url is the command's -url flag; with none set anywhere, connect refuses
+// rather than run on a throwaway in-process broker, where produce would
+// "succeed" and deliver nothing to anyone.
 func (a *app) connect(ctx context.Context, cmd, url string) (*mq.Client, int) {
+	url = a.brokerURL(url)
+	if url == "" {
+		a.fail(cmd, errors.New("no broker URL: set MQ_URL or pass -url (e.g. kafka://host:9092, amqp://host:5672/, redis://host:6379/0; mem:// is a throwaway broker inside this command)"))
+		return nil, exitUsage
+	}
 	logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	c, err := a.open(ctx, url, mq.WithLogger(logger))
 	if err != nil {
@@ -134,6 +151,21 @@ func (a *app) connect(ctx context.Context, cmd, url string) (*mq.Client, int) {
 		return nil, exitFailure
 	}
 	return c, exitOK
+}
+
+// readOnlyURL returns rawURL without a create_topics parameter: a command
+// that only reads (consume, dlq list, lag) must never create a topic, not
+// even with the URL a service uses. A URL that does not parse is returned
+// as it is, for Open to report.
+func readOnlyURL(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || !u.Query().Has("create_topics") {
+		return rawURL
+	}
+	q := u.Query()
+	q.Del("create_topics")
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // fail prints err on one line of stderr.

@@ -64,6 +64,10 @@ func (a *app) bench(ctx context.Context, args []string) int {
 	if !*quiet {
 		w.Progress = a.stderr
 	}
+	*url = a.brokerURL(*url)
+	if *url == "" {
+		return a.usageErr(fs, "no broker URL: set MQ_URL or pass -url (mem:// benchmarks the in-process broker)")
+	}
 	logger := slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	systems := []bench.System{bench.SDK{URL: *url, Connect: a.open, Options: []mq.Option{mq.WithLogger(logger)}}}
 	if *bare {

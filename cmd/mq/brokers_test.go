@@ -35,7 +35,7 @@ func TestCLIOnRealBrokers(t *testing.T) {
 				return out.String(), errOut.String(), code
 			}
 			// A consumer group must exist before messages are produced.
-			if _, errOut, code := cmd("", "consume", "-topic", topic, "-group", "g", "-timeout", "1s"); code != 0 {
+			if _, errOut, code := cmd("", "consume", "-topic", topic, "-group", "g", "-ack", "-timeout", "1s"); code != 0 {
 				t.Fatalf("consume (create group): exit %d: %s", code, errOut)
 			}
 			if _, errOut, code := cmd("first\nsecond\n", "produce", "-topic", topic, "-key", "k1", "-header", "trace=t-1"); code != 0 {
@@ -44,7 +44,7 @@ func TestCLIOnRealBrokers(t *testing.T) {
 			if out, errOut, code := cmd("", "lag", "-topic", topic, "-group", "g"); code != 0 || !strings.Contains(out, "2") {
 				t.Errorf("lag before consuming: exit %d, out %q, err %q; want 2 behind", code, out, errOut)
 			}
-			out, errOut, code := cmd("", "consume", "-topic", topic, "-group", "g", "-n", "2", "-timeout", "60s", "-json")
+			out, errOut, code := cmd("", "consume", "-topic", topic, "-group", "g", "-ack", "-n", "2", "-timeout", "60s", "-json")
 			if code != 0 {
 				t.Fatalf("consume: exit %d: %s", code, errOut)
 			}

@@ -22,23 +22,43 @@ import (
 // not acknowledged, so they go back to the broker.
 var errEnough = errors.New("message limit reached")
 
-// consume prints the messages of a topic as a member of a consumer group
-// until -n messages, -timeout, or an interrupt.
+// dropGroup deletes a private group after use, saying so when the broker
+// keeps it (a RabbitMQ queue left behind would fill up).
+func (a *app) dropGroup(c *mq.Client, topic, group string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.DeleteGroup(ctx, topic, group); err != nil {
+		a.fail("consume", fmt.Errorf("the private group %s was left on the broker: %w", group, err))
+	}
+}
+
+// consume prints the messages of a topic until -n messages, -timeout, or
+// an interrupt. By default it reads in a private group that it deletes on
+// exit, so it takes nothing from the groups of running services; with
+// -group G -ack it consumes as a member of G and acknowledges what it
+// prints.
 func (a *app) consume(ctx context.Context, args []string) int {
 	fs := a.flags("consume")
 	url := a.urlFlag(fs)
 	topic := fs.String("topic", "", "topic to read (required)")
-	group := fs.String("group", "", "consumer group (required unless the URL has ?group=)")
+	group := fs.String("group", "", "consume as a member of this `group`, taking its messages (needs -ack)")
+	ack := fs.Bool("ack", false, "with -group: acknowledge what is printed, so the group's other members never get it")
 	asJSON := fs.Bool("json", false, "print one JSON object per message")
-	n := fs.Int("n", 0, "stop after this many messages (0: no limit)")
+	n := fs.Int("n", 0, "stop after this many messages; exit 1 if -timeout comes first (0: no limit)")
 	timeout := fs.Duration("timeout", 0, "stop after this long (0: no limit)")
 	fs.Usage = func() {
-		fmt.Fprintf(a.stderr, "usage: mq consume -topic T -group G [-json] [-n N] [-timeout D]\n\n"+
-			"Prints each message and acknowledges it. Text lines are\n"+
+		fmt.Fprintf(a.stderr, "usage: mq consume -topic T [-group G -ack] [-json] [-n N] [-timeout D]\n\n"+
+			"Prints each message of topic T. Without -group it reads in a private\n"+
+			"group of its own, deleted on exit: it takes nothing from running services.\n"+
+			"A new group sees what the broker keeps for new groups: on Kafka and Redis\n"+
+			"the retained history, on RabbitMQ and mem:// what is produced from now on.\n"+
+			"With -group G -ack it is a member of G: what it prints is acknowledged\n"+
+			"and never reaches G's other members.\n\n"+
+			"Text lines are\n"+
 			"  ID key=KEY attempt=N [name=value ...] body=BODY\n"+
 			"with BODY as text when it is valid UTF-8, else as body.base64=BASE64.\n"+
 			"JSON objects carry body_encoding \"utf-8\" or \"base64\".\n"+
-			"Ctrl-C or SIGTERM stops gracefully.\n\n")
+			"Ctrl-C or SIGTERM stops gracefully. Without -group it creates no topic.\n\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := a.parse(fs, args); !ok {
@@ -49,23 +69,31 @@ func (a *app) consume(ctx context.Context, args []string) int {
 		return a.usageErr(fs, "-topic is required")
 	case *n < 0 || *timeout < 0:
 		return a.usageErr(fs, "-n and -timeout must not be negative")
+	case *group != "" && !*ack:
+		return a.usageErr(fs, "-group %s would take messages from the services in group %s: add -ack to consume as its member on purpose, or leave -group out to read in a private group", *group, *group)
+	case *ack && *group == "":
+		return a.usageErr(fs, "-ack needs -group")
 	}
-	c, code := a.connect(ctx, "consume", *url)
+	private := *group == ""
+	target := a.brokerURL(*url)
+	if private {
+		target = readOnlyURL(target) // a reader only: it creates no topic
+	}
+	c, code := a.connect(ctx, "consume", target)
 	if c == nil {
 		return code
 	}
 	defer c.Close()
-	var opts []mq.Option
-	if *group != "" {
-		opts = append(opts, mq.WithGroup(*group))
+	if private {
+		*group = "mq-tail-" + strings.ReplaceAll(mq.NewID(), "-", "")[20:]
 	}
-	cons, err := c.Consumer(ctx, *topic, opts...)
+	cons, err := c.Consumer(ctx, *topic, mq.WithGroup(*group))
 	if err != nil {
-		if errors.Is(err, mq.ErrNoGroup) {
-			return a.usageErr(fs, "-group is required (or ?group= in the URL)")
-		}
 		a.fail("consume", err)
 		return exitFailure
+	}
+	if private {
+		defer a.dropGroup(c, *topic, *group)
 	}
 	defer cons.Close()
 

@@ -81,6 +81,7 @@ func (a *app) demo(ctx context.Context, args []string) int {
 	seed := fs.Uint64("seed", 1, "seed for the failures (same seed, same failures)")
 	fs.Usage = func() {
 		fmt.Fprintf(a.stderr, "usage: mq demo [-orders N] [-seed S] [-url URL]\n\n"+
+			"Without a URL (here or in $MQ_URL) it runs on mem://, a broker inside the command.\n"+
 			"Runs an order pipeline (orders -> inventory -> notifications -> notifier)\n"+
 			"with flaky steps, duplicate deliveries and a poison order, and checks\n"+
 			"that every order is accounted for.\n\n")
@@ -92,14 +93,18 @@ func (a *app) demo(ctx context.Context, args []string) int {
 	if *nOrders < 3 {
 		return a.usageErr(fs, "-orders must be at least 3")
 	}
-	c, code := a.connect(ctx, "demo", *url)
+	target := a.brokerURL(*url)
+	if target == "" {
+		target = "mem://" // the demo's own broker, gone when it ends
+	}
+	c, code := a.connect(ctx, "demo", target)
 	if c == nil {
 		return code
 	}
 	defer c.Close()
 
 	prefix := "demo"
-	if !strings.HasPrefix(*url, "mem:") {
+	if !strings.HasPrefix(target, "mem:") {
 		// A real broker keeps topics between runs: start clean.
 		prefix = "demo-" + strings.ReplaceAll(mq.NewID(), "-", "")[8:16]
 	}

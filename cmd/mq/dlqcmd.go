@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/mqkit/mq"
@@ -17,11 +18,13 @@ func (a *app) dlqUsage() {
 
 Subcommands:
   list     show dead letters, oldest first (a peek: nothing is moved)
-  redrive  move dead letters back to their topic [-id ID ...] [-header k=v ...]
+  redrive  move dead letters back to their topic [-id ID ...] [-header k=v ...] [-dry-run]
   ensure   create the inspection group, so dead letters are kept from now on
 
--topic names the source topic (its DLQ is T.dlq); -dlq-topic names the DLQ
-directly. Run "mq dlq <subcommand> -h" for all flags.
+-topic names the source topic (its DLQ is T.dlq), or the DLQ itself when it
+ends in .dlq; -dlq-topic names the DLQ whatever its name. list and
+redrive -dry-run only read: they never create a topic.
+Run "mq dlq <subcommand> -h" for all flags.
 `)
 }
 
@@ -56,7 +59,7 @@ func (a *app) dlqFlagSet(name string) (*flag.FlagSet, dlqFlags) {
 	fs := a.flags("dlq " + name)
 	return fs, dlqFlags{
 		url:      a.urlFlag(fs),
-		topic:    fs.String("topic", "", "source topic; its dead-letter topic is TOPIC.dlq"),
+		topic:    fs.String("topic", "", "source topic, whose dead-letter topic is TOPIC.dlq (a name ending in .dlq is taken as the dead-letter topic itself)"),
 		dlqTopic: fs.String("dlq-topic", "", "dead-letter topic, if not TOPIC.dlq"),
 	}
 }
@@ -67,8 +70,11 @@ func (f dlqFlags) target() string {
 	if *f.dlqTopic != "" {
 		return *f.dlqTopic
 	}
-	if *f.topic != "" {
-		return dlq.DefaultTopic(*f.topic)
+	if t := *f.topic; t != "" {
+		if strings.HasSuffix(t, dlq.DefaultTopic("")) {
+			return t // "orders.dlq" names the dead-letter topic, not "orders.dlq.dlq"
+		}
+		return dlq.DefaultTopic(t)
 	}
 	return ""
 }
@@ -88,7 +94,7 @@ func (a *app) dlqList(ctx context.Context, args []string) int {
 	if *idle <= 0 || *limit < 0 {
 		return a.usageErr(fs, "-idle must be positive and -n not negative")
 	}
-	c, code := a.connect(ctx, "dlq list", *f.url)
+	c, code := a.connect(ctx, "dlq list", readOnlyURL(a.brokerURL(*f.url)))
 	if c == nil {
 		return code
 	}
@@ -129,6 +135,7 @@ func (a *app) dlqRedrive(ctx context.Context, args []string) int {
 	headers := headerFlags{}
 	fs.Var(headers, "header", "redrive only dead letters with header `name=value` (repeatable; all must match)")
 	idle := fs.Duration("idle", dlq.DefaultIdle, "stop when no dead letter arrives for this long")
+	dryRun := fs.Bool("dry-run", false, "print the dead letters that would be moved, and move nothing")
 	if code, ok := a.parse(fs, args); !ok {
 		return code
 	}
@@ -139,7 +146,11 @@ func (a *app) dlqRedrive(ctx context.Context, args []string) int {
 	if *idle <= 0 {
 		return a.usageErr(fs, "-idle must be positive")
 	}
-	c, code := a.connect(ctx, "dlq redrive", *f.url)
+	target := a.brokerURL(*f.url)
+	if *dryRun {
+		target = readOnlyURL(target)
+	}
+	c, code := a.connect(ctx, "dlq redrive", target)
 	if c == nil {
 		return code
 	}
@@ -154,6 +165,31 @@ func (a *app) dlqRedrive(ctx context.Context, args []string) int {
 			}
 		}
 		return true
+	}
+	if *dryRun {
+		letters, err := dlq.List(ctx, c, topic, 0, dlq.WithIdle(*idle))
+		would, unroutable := 0, 0
+		for _, m := range letters {
+			if !filter(m) {
+				continue
+			}
+			if m.Header(dlq.HeaderTopic) == "" {
+				unroutable++
+				continue
+			}
+			fmt.Fprintf(a.stdout, "%s -> %s\n", m.ID, quoteIfNeeded(m.Header(dlq.HeaderTopic)))
+			would++
+		}
+		fmt.Fprintf(a.stderr, "dry run: would move %d of %d dead letter(s) in %s back to their topics", would, len(letters), topic)
+		if unroutable > 0 {
+			fmt.Fprintf(a.stderr, " (%d more match but have no %s header)", unroutable, dlq.HeaderTopic)
+		}
+		fmt.Fprintln(a.stderr, "; nothing was moved")
+		if err != nil {
+			a.fail("dlq redrive", err)
+			return exitFailure
+		}
+		return exitOK
 	}
 	res, err := dlq.Redrive(ctx, c, topic, filter, dlq.WithIdle(*idle))
 	for _, id := range res.Moved {

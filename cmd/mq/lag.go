@@ -22,7 +22,7 @@ func (a *app) lag(ctx context.Context, args []string) int {
 	if *topic == "" || *group == "" {
 		return a.usageErr(fs, "-topic and -group are required")
 	}
-	c, code := a.connect(ctx, "lag", *url)
+	c, code := a.connect(ctx, "lag", readOnlyURL(a.brokerURL(*url)))
 	if c == nil {
 		return code
 	}
@@ -32,7 +32,7 @@ func (a *app) lag(ctx context.Context, args []string) int {
 		parts, err := conn.Lag(ctx, *topic, *group)
 		if err != nil {
 			a.fail("lag", err)
-			return 1
+			return exitFailure
 		}
 		var total int64
 		fmt.Fprintf(a.stdout, "%-10s %12s %12s %10s\n", "partition", "committed", "end", "lag")
@@ -45,7 +45,7 @@ func (a *app) lag(ctx context.Context, args []string) int {
 		pending, lag, err := conn.Lag(ctx, *topic, *group)
 		if err != nil {
 			a.fail("lag", err)
-			return 1
+			return exitFailure
 		}
 		lagText := fmt.Sprint(lag)
 		if lag < 0 {
@@ -56,12 +56,12 @@ func (a *app) lag(ctx context.Context, args []string) int {
 		ready, err := conn.Lag(ctx, *topic, *group)
 		if err != nil {
 			a.fail("lag", err)
-			return 1
+			return exitFailure
 		}
 		fmt.Fprintf(a.stdout, "ready %d (messages in the group's queue, not yet delivered)\n", ready)
 	default:
 		fmt.Fprintf(a.stderr, "mq lag: the %s backend does not report lag\n", c)
-		return 1
+		return exitFailure
 	}
-	return 0
+	return exitOK
 }

@@ -3,8 +3,17 @@
 //
 //	mq [-url URL] <command> [flags]
 //
-// The broker URL comes from -url, else the MQ_URL environment variable,
-// else mem:// (an in-process broker that lives as long as the command).
+// The broker URL comes from -url, else the MQ_URL environment variable.
+// There is no default: a command without one fails rather than run on a
+// throwaway broker. mem:// names an in-process broker that lives as long
+// as the command; mq demo uses it when no URL is given. Help never shows
+// the URL (it may hold a password).
+//
+// mq consume reads in a private consumer group that it deletes on exit,
+// so it takes nothing from a live service; -group G -ack consumes, and
+// acknowledges, as a member of G. Read commands (consume without -group,
+// dlq list, dlq redrive -dry-run, lag) never create topics.
+//
 // Run "mq help" for the commands.
 package main
 

@@ -37,7 +37,12 @@ func (s *shared) run(t *testing.T, stdin string, args ...string) (int, string, s
 		stdin:  strings.NewReader(stdin),
 		stdout: &out,
 		stderr: &errOut,
-		getenv: func(string) string { return "" },
+		getenv: func(k string) string {
+			if k == "MQ_URL" {
+				return "mem://" // the opener below ignores it: all commands share s.b
+			}
+			return ""
+		},
 		open: func(_ context.Context, _ string, opts ...mq.Option) (*mq.Client, error) {
 			return mq.NewClient(s.b.Conn(), opts...), nil
 		},
@@ -55,7 +60,7 @@ func lines(s string) []string {
 func TestProduceConsumeRoundTrip(t *testing.T) {
 	s := newShared(t)
 	// The group must exist before the messages are produced.
-	code, _, stderr := s.run(t, "", "consume", "-topic", "orders", "-group", "cli", "-timeout", "1ms")
+	code, _, stderr := s.run(t, "", "consume", "-topic", "orders", "-group", "cli", "-ack", "-timeout", "1ms")
 	if code != exitOK {
 		t.Fatalf("consume to create the group: exit %d, %s", code, stderr)
 	}
@@ -74,7 +79,7 @@ func TestProduceConsumeRoundTrip(t *testing.T) {
 		t.Fatalf("produced IDs %v and %v, want two each", argIDs, stdinIDs)
 	}
 
-	code, out, stderr = s.run(t, "", "consume", "-topic", "orders", "-group", "cli", "-n", "4", "-timeout", "20s")
+	code, out, stderr = s.run(t, "", "consume", "-topic", "orders", "-group", "cli", "-ack", "-n", "4", "-timeout", "20s")
 	if code != exitOK {
 		t.Fatalf("consume: exit %d, stderr %q", code, stderr)
 	}
@@ -114,7 +119,7 @@ func TestConsumeJSONAndLimit(t *testing.T) {
 	if err := c.Producer().Produce(ctx, "bin", msgs...); err != nil {
 		t.Fatal(err)
 	}
-	code, out, stderr := s.run(t, "", "consume", "-topic", "bin", "-group", "cli", "-json", "-n", "2")
+	code, out, stderr := s.run(t, "", "consume", "-topic", "bin", "-group", "cli", "-ack", "-json", "-n", "2")
 	if code != exitOK {
 		t.Fatalf("exit %d, %s", code, stderr)
 	}
@@ -137,7 +142,7 @@ func TestConsumeJSONAndLimit(t *testing.T) {
 		t.Errorf("binary message: %+v", got[1])
 	}
 	// The message after the limit was not acknowledged: the next run gets it.
-	code, out, _ = s.run(t, "", "consume", "-topic", "bin", "-group", "cli", "-n", "1", "-timeout", "20s")
+	code, out, _ = s.run(t, "", "consume", "-topic", "bin", "-group", "cli", "-ack", "-n", "1", "-timeout", "20s")
 	if code != exitOK || !strings.HasPrefix(out, "third ") {
 		t.Errorf("second consume: exit %d, %q; want the third message", code, out)
 	}
@@ -145,7 +150,7 @@ func TestConsumeJSONAndLimit(t *testing.T) {
 
 func TestConsumeTimeoutShort(t *testing.T) {
 	s := newShared(t)
-	code, _, stderr := s.run(t, "", "consume", "-topic", "empty", "-group", "g", "-n", "1", "-timeout", "50ms")
+	code, _, stderr := s.run(t, "", "consume", "-topic", "empty", "-group", "g", "-ack", "-n", "1", "-timeout", "50ms")
 	if code != exitFailure || !strings.Contains(stderr, "0 of 1") {
 		t.Errorf("exit %d, stderr %q; want 1 and a timeout message", code, stderr)
 	}
@@ -162,7 +167,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown command", []string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
 		{"help", []string{"help"}, exitOK, "usage: mq"},
 		{"produce without topic", []string{"produce", "x"}, exitUsage, "-topic is required"},
-		{"consume without group", []string{"consume", "-topic", "t"}, exitUsage, "-group is required"},
+		{"consume -group without -ack", []string{"consume", "-url", "mem://", "-topic", "t", "-group", "billing"}, exitUsage, "add -ack"},
+		{"consume -ack without -group", []string{"consume", "-url", "mem://", "-topic", "t", "-ack"}, exitUsage, "-ack needs -group"},
 		{"bad flag", []string{"consume", "-bogus"}, exitUsage, "flag provided but not defined"},
 		{"dlq without subcommand", []string{"dlq"}, exitUsage, "usage: mq dlq"},
 		{"dlq unknown subcommand", []string{"dlq", "purge"}, exitUsage, `unknown subcommand "purge"`},
@@ -189,7 +195,7 @@ func TestBadURLHidesPassword(t *testing.T) {
 	}{
 		{"malformed", []string{"-url", "amqp://admin:" + secret + "@host:5672/%zz", "produce", "-topic", "t", "x"}, ""},
 		{"unknown scheme", []string{"produce", "-url", "nats://admin:" + secret + "@host:4222", "-topic", "t", "x"}, ""},
-		{"bad parameter", []string{"consume", "-topic", "t", "-group", "g"}, "mem://admin:" + secret + "@/?bogus=1"},
+		{"bad parameter", []string{"consume", "-topic", "t", "-group", "g", "-ack"}, "mem://admin:" + secret + "@/?bogus=1"},
 		{"from MQ_URL", []string{"dlq", "list", "-topic", "t"}, "kafka://admin:" + secret + "@[::1"},
 		{"demo", []string{"demo", "-url", "amqp://admin:" + secret + "@host:5672/%zz"}, ""},
 	}
@@ -251,6 +257,20 @@ func TestDLQCommands(t *testing.T) {
 		!strings.Contains(out, `error="cannot bill o1"`) || !strings.Contains(stderr, "3 dead letter(s) in orders.dlq") {
 		t.Fatalf("list: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
+	// -topic orders.dlq names the dead-letter topic itself, not orders.dlq.dlq.
+	code, out, stderr = s.run(t, "", "dlq", "list", "-topic", "orders.dlq", "-idle", "200ms")
+	if code != exitOK || len(lines(out)) != 3 || !strings.Contains(stderr, "3 dead letter(s) in orders.dlq") {
+		t.Fatalf("list -topic orders.dlq: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	for _, st := range s.b.Stats() {
+		if strings.HasSuffix(st.Topic, ".dlq.dlq") {
+			t.Errorf("a read command made topic %s", st.Topic)
+		}
+	}
+	code, out, stderr = s.run(t, "", "dlq", "redrive", "-topic", "orders", "-header", "region=eu", "-dry-run", "-idle", "200ms")
+	if code != exitOK || out != "o1 -> orders\no3 -> orders\n" || !strings.Contains(stderr, "would move 2 of 3") || !strings.Contains(stderr, "nothing was moved") {
+		t.Fatalf("redrive -dry-run: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
 	code, out, stderr = s.run(t, "", "dlq", "redrive", "-topic", "orders", "-header", "region=eu", "-id", "o3", "-idle", "200ms")
 	if code != exitOK || out != "o3\n" || !strings.Contains(stderr, "moved 1 dead letter(s)") || !strings.Contains(stderr, "2 left") {
 		t.Fatalf("redrive: exit %d, stdout %q, stderr %q", code, out, stderr)
@@ -273,7 +293,7 @@ func TestDLQCommands(t *testing.T) {
 	if code != exitOK || !slices.Equal(ids, []string{"o1", "o2"}) {
 		t.Errorf("after redrive: exit %d, ids %v, want [o1 o2]", code, ids)
 	}
-	code, out, _ = s.run(t, "", "consume", "-topic", "orders", "-group", "billing", "-n", "1", "-timeout", "20s")
+	code, out, _ = s.run(t, "", "consume", "-topic", "orders", "-group", "billing", "-ack", "-n", "1", "-timeout", "20s")
 	if code != exitOK || !strings.HasPrefix(out, "o3 ") || !strings.Contains(out, dlq.HeaderRedriveCount+"=1") || strings.Contains(out, dlq.HeaderPrefix) {
 		t.Errorf("redriven message: exit %d, %q", code, out)
 	}
@@ -291,6 +311,123 @@ func TestQuoteIfNeeded(t *testing.T) {
 	for in, want := range tests {
 		if got := quoteIfNeeded(in); got != want {
 			t.Errorf("quoteIfNeeded(%q) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// TestNoURLNoGuess: broker commands refuse to run without a URL instead of
+// "succeeding" on a throwaway in-process broker; the demo runs on mem://.
+func TestNoURLNoGuess(t *testing.T) {
+	for _, args := range [][]string{
+		{"produce", "-topic", "t", "x"},
+		{"consume", "-topic", "t", "-n", "1"},
+		{"dlq", "list", "-topic", "t"},
+		{"lag", "-topic", "t", "-group", "g"},
+		{"bench", "-n", "10"},
+	} {
+		var out, errOut bytes.Buffer
+		a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }, open: mq.Open}
+		if code := a.run(context.Background(), args); code != exitUsage || !strings.Contains(errOut.String(), "no broker URL") {
+			t.Errorf("%v without a URL: exit %d, stderr %q; want %d and a message asking for one", args, code, errOut.String(), exitUsage)
+		}
+	}
+	var out, errOut bytes.Buffer
+	a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }, open: mq.Open}
+	if code := a.run(context.Background(), []string{"demo", "-orders", "5"}); code != exitOK {
+		t.Errorf("demo without a URL: exit %d, stderr %q", code, errOut.String())
+	}
+}
+
+// TestHelpHidesPassword: no help text shows the URL of MQ_URL, which may
+// hold a password.
+func TestHelpHidesPassword(t *testing.T) {
+	const secret = "hunter2-pw"
+	for _, args := range [][]string{
+		{"-h"}, {"help"}, {"produce", "-h"}, {"consume", "-h"}, {"dlq", "list", "-h"}, {"dlq", "redrive", "-h"},
+		{"lag", "-h"}, {"demo", "-h"}, {"bench", "-h"}, {"-url", "amqp://u:" + secret + "@h/", "produce", "-h"},
+	} {
+		var out, errOut bytes.Buffer
+		a := &app{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, open: mq.Open,
+			getenv: func(k string) string {
+				if k == "MQ_URL" {
+					return "amqp://admin:" + secret + "@rabbit:5672/"
+				}
+				return ""
+			}}
+		a.run(context.Background(), args)
+		if all := out.String() + errOut.String(); strings.Contains(all, secret) {
+			t.Errorf("%v prints the password: %q", args, all)
+		}
+	}
+}
+
+// TestTailTakesNothing: consume without -group reads in a private group:
+// a live service's group still gets every message, and the private group
+// is gone afterwards.
+func TestTailTakesNothing(t *testing.T) {
+	s := newShared(t)
+	c := mq.NewClient(s.b.Conn())
+	defer c.Close()
+	ctx := context.Background()
+	billing, err := c.Consumer(ctx, "orders", mq.WithGroup("billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer billing.Close()
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errOut := s.run(t, "", "consume", "-topic", "orders", "-n", "1", "-timeout", "20s")
+		done <- result{code, out, errOut}
+	}()
+	// Produce once the tail's group exists.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		tails := 0
+		for _, st := range s.b.Stats() {
+			if strings.HasPrefix(st.Group, "mq-tail-") {
+				tails++
+			}
+		}
+		if tails == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the tail's private group never appeared")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := c.Producer().Produce(ctx, "orders", &mq.Message{ID: "o-1", Body: []byte("hello")}); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.code != exitOK || !strings.HasPrefix(r.out, "o-1 ") {
+		t.Fatalf("tail: exit %d, stdout %q, stderr %q", r.code, r.out, r.err)
+	}
+	got := make(chan string, 1)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	go func() {
+		_ = billing.Consume(cctx, mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+			got <- m.ID
+			cancel()
+			return nil
+		}))
+	}()
+	select {
+	case id := <-got:
+		if id != "o-1" {
+			t.Fatalf("billing got %s, want o-1", id)
+		}
+	case <-cctx.Done():
+		t.Fatal("the tail took the message from group billing")
+	}
+	for _, st := range s.b.Stats() {
+		if strings.HasPrefix(st.Group, "mq-tail-") {
+			t.Errorf("private group %s left behind: %+v", st.Group, st)
 		}
 	}
 }
