@@ -160,6 +160,44 @@ func (c *Client) DeleteGroup(ctx context.Context, topic, group string) error {
 	return nil
 }
 
+// Ping checks that the broker is reachable and serving, with one cheap
+// round trip bounded by ctx. A broker that is not gives an error wrapping
+// ErrUnavailable. Backends that cannot check return an error wrapping
+// errors.ErrUnsupported.
+func (c *Client) Ping(ctx context.Context) error {
+	if c.isClosed() {
+		return ErrClosed
+	}
+	p, ok := c.conn.(Pinger)
+	if !ok {
+		return fmt.Errorf("mq: %s cannot be pinged: %w", c.redacted, errors.ErrUnsupported)
+	}
+	if err := p.Ping(ctx); err != nil {
+		return fmt.Errorf("mq: ping %s: %w", c.redacted, err)
+	}
+	return nil
+}
+
+// Lag reports how far group is behind on topic, per partition, shard
+// stream or queue (see PartitionLag), the same way on every backend. A
+// group the broker does not know gives an error wrapping ErrUnknownGroup,
+// never the whole topic as lag. Backends that cannot tell return an error
+// wrapping errors.ErrUnsupported.
+func (c *Client) Lag(ctx context.Context, topic, group string) ([]PartitionLag, error) {
+	if c.isClosed() {
+		return nil, ErrClosed
+	}
+	l, ok := c.conn.(Lagger)
+	if !ok {
+		return nil, fmt.Errorf("mq: %s cannot report lag: %w", c.redacted, errors.ErrUnsupported)
+	}
+	lag, err := l.PartitionLag(ctx, topic, group)
+	if err != nil {
+		return nil, fmt.Errorf("mq: lag of group %q on %q: %w", group, topic, err)
+	}
+	return lag, nil
+}
+
 func (c *Client) forget(cons *consumer) {
 	c.mu.Lock()
 	delete(c.consumers, cons)

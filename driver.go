@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"slices"
 	"sync"
+	"time"
 )
 
 // This file holds what a backend implements. Services do not use these
@@ -121,6 +122,43 @@ type GroupDeleter interface {
 	// are gone; other groups are untouched. Deleting a group that does
 	// not exist returns nil.
 	DeleteGroup(ctx context.Context, topic, group string) error
+}
+
+// Pinger is implemented by a Conn that can check the broker is reachable
+// and serving. Client.Ping calls it.
+type Pinger interface {
+	// Ping does one cheap round trip to the broker (or checks the
+	// connection the Conn keeps is up) and returns an error wrapping
+	// ErrUnavailable when the broker cannot be reached, bounded by ctx.
+	Ping(ctx context.Context) error
+}
+
+// Lagger is implemented by a Conn that can tell how far a consumer group
+// is behind. Client.Lag calls it.
+type Lagger interface {
+	// PartitionLag returns one entry per partition, shard or queue of
+	// topic that group reads, sorted by Partition. A group the broker
+	// does not know gives an error wrapping ErrUnknownGroup.
+	PartitionLag(ctx context.Context, topic, group string) ([]PartitionLag, error)
+}
+
+// PartitionLag is how far a consumer group is behind on one partition
+// (Kafka), shard stream (Redis) or queue (RabbitMQ) of a topic. Counts a
+// broker cannot tell are -1.
+type PartitionLag struct {
+	// Partition names it: the partition number on Kafka, the stream key
+	// on Redis, the queue name on RabbitMQ; empty on mem://.
+	Partition string
+	// Backlog counts the messages the group has not received yet.
+	Backlog int64
+	// Unacked counts the messages delivered to the group's consumers and
+	// not yet acknowledged. On Kafka, where only committed offsets are
+	// known, it is -1 and those messages count in Backlog.
+	Unacked int64
+	// OldestAge is how long the oldest message not yet acknowledged has
+	// waited since it was produced: 0 when there is none, -1 when the
+	// broker cannot tell.
+	OldestAge time.Duration
 }
 
 var drivers struct {
