@@ -185,6 +185,7 @@ type group struct {
 	ready   []pending // sorted by seq
 	unacked int
 	members int
+	subs    map[*subscription]struct{} // the members, for Lag
 	// owner maps a key to the subscription holding its unsettled messages,
 	// so one key is never handled by two members at once.
 	owner map[string]*owned
@@ -315,6 +316,54 @@ func (t *topic) freed() {
 	}
 }
 
+// Ping implements mq.Pinger: it fails only once the broker is closed.
+func (c *conn) Ping(context.Context) error {
+	c.b.mu.Lock()
+	defer c.b.mu.Unlock()
+	if c.b.closed {
+		return mq.ErrClosed
+	}
+	return nil
+}
+
+// PartitionLag implements mq.Lagger with one entry (Partition "") for the
+// group: its ready messages as Backlog, what its members hold as Unacked,
+// and the age of the oldest of all of them.
+func (c *conn) PartitionLag(_ context.Context, topicName, groupName string) ([]mq.PartitionLag, error) {
+	t, err := c.b.topic(topicName, false)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return nil, fmt.Errorf("memory: %w: no topic %q", mq.ErrUnknownGroup, topicName)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	g := t.groups[groupName]
+	if g == nil {
+		return nil, fmt.Errorf("memory: %w: %q on topic %q", mq.ErrUnknownGroup, groupName, topicName)
+	}
+	var oldest time.Time
+	older := func(ts time.Time) {
+		if oldest.IsZero() || ts.Before(oldest) {
+			oldest = ts
+		}
+	}
+	if len(g.ready) > 0 {
+		older(g.ready[0].e.msg.Timestamp) // ready is in produce order
+	}
+	for sub := range g.subs {
+		for d := range sub.held {
+			older(d.p.e.msg.Timestamp)
+		}
+	}
+	l := mq.PartitionLag{Backlog: int64(len(g.ready)), Unacked: int64(g.unacked)}
+	if !oldest.IsZero() {
+		l.OldestAge = max(time.Since(oldest), time.Nanosecond)
+	}
+	return []mq.PartitionLag{l}, nil
+}
+
 // DeleteGroup implements mq.GroupDeleter: the group and the messages kept
 // for it are dropped. A group with members still subscribed is refused.
 func (c *conn) DeleteGroup(_ context.Context, topicName, groupName string) error {
@@ -355,7 +404,12 @@ func (c *conn) Subscribe(_ context.Context, topicName, groupName string, _ mq.Su
 		t.groups[groupName] = g
 	}
 	g.members++
-	return &subscription{t: t, g: g, held: map[*delivery]struct{}{}}, nil
+	sub := &subscription{t: t, g: g, held: map[*delivery]struct{}{}}
+	if g.subs == nil {
+		g.subs = map[*subscription]struct{}{}
+	}
+	g.subs[sub] = struct{}{}
+	return sub, nil
 }
 
 type subscription struct {
@@ -527,6 +581,7 @@ func (s *subscription) Close() error {
 	}
 	s.closed = true
 	s.g.members--
+	delete(s.g.subs, s)
 	s.g.signal()
 	return nil
 }
@@ -534,6 +589,8 @@ func (s *subscription) Close() error {
 var (
 	_ mq.Conn         = (*conn)(nil)
 	_ mq.GroupDeleter = (*conn)(nil)
+	_ mq.Pinger       = (*conn)(nil)
+	_ mq.Lagger       = (*conn)(nil)
 	_ mq.Subscription = (*subscription)(nil)
 	_ mq.Delivery     = (*delivery)(nil)
 )

@@ -122,3 +122,74 @@ func TestDeleteGroup(t *testing.T) {
 		t.Fatalf("deleting a group of an unknown topic: %v, want nil", err)
 	}
 }
+
+func TestLagAndPing(t *testing.T) {
+	ctx := context.Background()
+	b := memory.NewBroker(memory.Config{})
+	c := mq.NewClient(b.Conn())
+	defer c.Close()
+	if err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Lag(ctx, "t", "g"); !errors.Is(err, mq.ErrUnknownGroup) {
+		t.Fatalf("Lag of an unknown group: %v, want ErrUnknownGroup", err)
+	}
+	cons, err := c.Consumer(ctx, "t", mq.WithGroup("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	if err := c.Producer().Produce(ctx, "t", &mq.Message{Key: "a"}, &mq.Message{Key: "a"}, &mq.Message{Key: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	lag, err := c.Lag(ctx, "t", "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(lag) != 1 || lag[0].Backlog != 3 || lag[0].Unacked != 0 || lag[0].OldestAge < 20*time.Millisecond {
+		t.Fatalf("lag before consuming: %+v, want backlog 3, unacked 0, oldest at least 20ms", lag)
+	}
+	hold := make(chan struct{})
+	held := make(chan struct{}, 3)
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- cons.Consume(cctx, mq.HandlerFunc(func(context.Context, *mq.Message) error {
+			held <- struct{}{}
+			<-hold
+			return nil
+		}))
+	}()
+	<-held
+	lag, err = c.Lag(ctx, "t", "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lag[0].Backlog+lag[0].Unacked != 3 || lag[0].Unacked == 0 {
+		t.Fatalf("lag while handling: %+v, want the 3 split between backlog and unacked", lag)
+	}
+	close(hold)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lag, err = c.Lag(ctx, "t", "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lag[0] == (mq.PartitionLag{}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lag after handling everything: %+v, want all zero", lag)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_ = b.Close()
+	if err := c.Ping(ctx); err == nil {
+		t.Fatal("Ping of a closed broker succeeded")
+	}
+}
