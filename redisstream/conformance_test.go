@@ -13,6 +13,13 @@ import (
 	"github.com/mqkit/mq/mqtest"
 )
 
+// features says what Redis Streams keeps exact: a new group starts at
+// the beginning of the stream, Attempt is the entry's delivery count, and
+// with shards a key is handled by one member at a time, in order.
+func features(sharded bool) mqtest.Features {
+	return mqtest.Features{KeepsEarlyMessages: true, Attempts: mqtest.AttemptsExact, KeyOrderAcrossMembers: sharded}
+}
+
 func TestConformance(t *testing.T) {
 	mqtest.Run(t, mqtest.Harness{
 		// A short claim_idle so that messages handed back by a closed
@@ -20,6 +27,7 @@ func TestConformance(t *testing.T) {
 		Open:       func(t testing.TB) *mq.Client { return open(t, "claim_idle=1s") },
 		Timeout:    60 * time.Second,
 		SettleTime: time.Second,
+		Features:   features(false),
 	})
 }
 
@@ -29,6 +37,7 @@ func TestConformanceSharded(t *testing.T) {
 		Timeout:     60 * time.Second,
 		SettleTime:  time.Second,
 		TopicPrefix: "mqtest-sharded",
+		Features:    features(true),
 	})
 }
 
@@ -73,6 +82,7 @@ func TestConformanceDeployments(t *testing.T) {
 							return c
 						},
 						TopicPrefix: "mqtest-deploy",
+						Features:    features(strings.Contains(params, "shards=")),
 					})
 				})
 			}

@@ -227,7 +227,7 @@ func (c *Conn) checkTopic(ctx context.Context, topic string) error {
 		want := strconv.Itoa(c.cfg.Shards)
 		ok, err := c.client.SetNX(ctx, key, want, 0).Result()
 		if err != nil {
-			return mapErr(err)
+			return c.mapErr(err)
 		}
 		if ok {
 			c.verified.Store(topic, struct{}{})
@@ -235,7 +235,7 @@ func (c *Conn) checkTopic(ctx context.Context, topic string) error {
 		}
 		got, err = c.client.Get(ctx, key).Result()
 		if err != nil && !errors.Is(err, redis.Nil) {
-			return mapErr(err)
+			return c.mapErr(err)
 		}
 		if got == want {
 			c.verified.Store(topic, struct{}{})
@@ -249,7 +249,7 @@ func (c *Conn) checkTopic(ctx context.Context, topic string) error {
 			return nil
 		}
 		if err != nil {
-			return mapErr(err)
+			return c.mapErr(err)
 		}
 	}
 	return fmt.Errorf("%w: topic %q is sharded over %s streams (key %q), this connection uses shards=%d", ErrShardMismatch, topic, got, key, c.cfg.Shards)
@@ -294,7 +294,7 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 		var errs []error
 		for i, cmd := range cmds {
 			if err := cmd.Err(); err != nil {
-				errs = append(errs, fmt.Errorf("message %s: %w", chunk[i].ID, mapErr(err)))
+				errs = append(errs, fmt.Errorf("message %s: %w", chunk[i].ID, c.mapErr(err)))
 				if len(errs) == 3 {
 					break
 				}
@@ -394,7 +394,7 @@ func (c *Conn) Lag(ctx context.Context, topic, group string) (pending, lag int64
 			if strings.Contains(err.Error(), "no such key") {
 				return 0, 0, fmt.Errorf("redisstream: topic %q has no stream %q: %w", topic, key, redis.Nil)
 			}
-			return 0, 0, fmt.Errorf("redisstream: XINFO GROUPS %q: %w", key, mapErr(err))
+			return 0, 0, fmt.Errorf("redisstream: XINFO GROUPS %q: %w", key, c.mapErr(err))
 		}
 		found := false
 		for _, g := range groups {
@@ -445,14 +445,6 @@ func (c *Conn) forget(s *subscription) {
 	c.mu.Lock()
 	delete(c.subs, s)
 	c.mu.Unlock()
-}
-
-// mapErr marks a closed go-redis client as mq.ErrClosed.
-func mapErr(err error) error {
-	if errors.Is(err, redis.ErrClosed) {
-		return fmt.Errorf("%w: %w", mq.ErrClosed, err)
-	}
-	return err
 }
 
 // consumerName returns a new consumer name, unique per subscription.

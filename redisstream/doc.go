@@ -95,12 +95,46 @@
 // count in the group: 1 for a new entry, the XPENDING count for a claimed
 // one.
 //
+// Every command that moves entries into the consumer's pending list runs
+// on that dedicated connection, where go-redis never retries it, so a
+// command whose reply was lost (Redis restarting, a dropped connection)
+// always fails visibly. After such a failure, and at the start, Receive
+// reads the consumer's own pending history (XREADGROUP ... 0, paging, the
+// entries it already holds skipped) before any new entry, so the entries
+// Redis handed out while the reply was lost come in stream order, not
+// ClaimIdle later behind newer entries of their keys. Redis counts a
+// delivery for an entry read this way; Attempt is one less (at least 1),
+// as the entry was counted when it was first handed out. (The delivery
+// count of an entry held during the outage grows by one too.)
+//
 // A live subscription resets the idle time of the entries it holds every
 // ClaimIdle/3 (XCLAIM to itself, JUSTID, in a script that leaves alone any
 // entry another consumer took), so a handler may run longer than
-// ClaimIdle without its entry being handled twice. A process paused for
-// longer than ClaimIdle loses its entries to other members, and both
-// handle them: the delivery is at least once.
+// ClaimIdle without its entry being handled twice.
+//
+// # Ownership
+//
+// A subscription gives up the deliveries it may have lost by its own
+// clock, without waiting to learn it (mq.Delivery.Lost): the portable
+// consumer then cancels their handlers' context, drops those not started,
+// and never acknowledges them. Nack of a lost delivery only forgets it.
+//
+// On an unsharded topic the deliveries made since the last fencing event
+// share one Lost channel (a generation). Their entries are the
+// subscription's until they could have been idle for ClaimIdle: the time
+// taken before sending the last keep-alive that covered them (or, for
+// entries delivered since, the command that delivered them), plus
+// ClaimIdle, minus a margin of ClaimIdle/5 (at least 10ms). A timer closes
+// the channel then unless a keep-alive succeeded meanwhile; a keep-alive
+// that finds one of the entries claimed by another consumer closes it at
+// once. The subscription stops keeping those entries alive and reads its
+// pending history again before new entries: what is still pending for it
+// comes back in order, the rest is another member's. So a handler that
+// honours its context stops before another member can claim its entry,
+// whether Redis or this process stalled; one that ignores it may still
+// overlap (the delivery is at least once).
+//
+// Sharded topics fence by shard lease instead (see Sharding).
 //
 // Ack is XACK, batched: Ack queues the entry's ID and returns, and a loop
 // of the subscription sends every ID queued meanwhile in one XACK per
@@ -146,18 +180,42 @@
 //
 // Each shard is read by one member of a group at a time. A member holds a
 // shard through a lease key ("{topic}:lease:GROUP:I", holding its consumer
-// name, expiring after shard_lease, renewed every third of it) and takes
+// name, expiring after shard_lease, renewed every third of it, sooner
+// after a failed renewal) and takes
 // at most ceil(N/members) shards, counting live members in the sorted set
 // "{topic}:members:GROUP". A member with more than its share stops reading
 // the extra shards, and releases each once everything it read from it is
 // settled; a member taking a shard first claims every entry pending in it
 // (whoever held it), then reads new ones. Members beyond N hold no shard
 // and stand by. A consumer whose Consume stopped
-// gives its shards up. Together with the portable layer's key-ordered
+// gives its shards up. New entries of a shard are read by a script that
+// checks the lease and reads in one atomic step (the wait for more is a
+// plain XREAD, which takes nothing), so a read cannot take entries of a
+// shard after its lease passed to another member.
+//
+// Each acquisition of a shard has its own Lost channel, closed when the
+// lease is lost: a renewal finds it held by another member, or no renewal
+// succeeded by the member's local deadline, which is the time taken
+// before sending the command that set or last renewed the lease, plus
+// shard_lease, minus a margin of shard_lease/5 (at least 10ms). Redis
+// cannot expire the lease before then, so the member stops reading and
+// handling the shard (its handlers' context is cancelled) before any
+// other member can take it, whether Redis, the network or the member
+// stalled. The channel also closes when the shard is released and when
+// the subscription closes. Together with the portable layer's key-ordered
 // concurrency inside a consumer, each key's messages are handled in
-// produce order, one at a time, across the group. The exception is a
-// member paused for longer than shard_lease: its shards pass to others
-// while it may still be handling their messages.
+// produce order, one at a time, across the group, as long as handlers
+// honour their context: a handler that ignores the cancellation may still
+// run when the shard's next holder starts the key.
+//
+// # Errors
+//
+// Errors of a Redis that cannot be reached or is not serving wrap
+// mq.ErrUnavailable (and the go-redis error): refused, reset or dropped
+// connections, network timeouts, the connection pool timing out, and the
+// replies LOADING, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, READONLY (after a
+// failover), BUSY and NOREPLICAS. A client closed by Close, or by the
+// caller who gave it to NewConn, is mq.ErrClosed.
 //
 // # Deployments
 //

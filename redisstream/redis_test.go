@@ -442,8 +442,8 @@ func TestTooLarge(t *testing.T) {
 }
 
 // TestRedisRestart: a consumer keeps consuming after the server restarts
-// (losing its data: the test server keeps nothing on disk, so the group
-// is recreated on the new, empty server).
+// (the test server keeps its data in an append-only file; the group is
+// recreated if it was lost). TestRestartKeepsKeyOrder restarts under load.
 func TestRedisRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -10,35 +10,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/mqkit/mq/internal/backoff"
 )
-
-// renewScript extends the leases KEYS that ARGV[1] holds to ARGV[2] ms and
-// returns, per key, 1 if it was renewed and 0 if it is held by another
-// member or expired.
-var renewScript = redis.NewScript(`
-local out = {}
-for i, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then
-    redis.call('PEXPIRE', k, ARGV[2])
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-`)
-
-// releaseScript deletes the leases KEYS that ARGV[1] holds.
-var releaseScript = redis.NewScript(`
-local n = 0
-for _, k in ipairs(KEYS) do
-  if redis.call('GET', k) == ARGV[1] then
-    redis.call('DEL', k)
-    n = n + 1
-  end
-end
-return n
-`)
 
 // shardSet gives the shards of a sharded topic to the members of a group,
 // one member per shard at a time. Each shard has a lease key holding its
@@ -61,10 +35,26 @@ type shardSet struct {
 	released bool
 }
 
+// shardState is one acquisition of a shard: the member took its lease
+// and holds it until the lease is lost or released. Its lost channel is
+// the Lost of every delivery from the shard during the acquisition; a new
+// acquisition of the same shard has a new one.
+//
+// The lease is fenced locally: deadline is when the member stops reading
+// and handling the shard unless a renewal succeeded meanwhile, by its own
+// clock: the time taken before sending the command that set or last
+// renewed the lease, plus the lease, minus the fence margin. Redis cannot
+// expire the lease before then, so no other member takes the shard while
+// this one still may handle its entries. The fields are guarded by the
+// shardSet's mu.
 type shardState struct {
 	index    int
 	fresh    bool // acquired; its pending entries not yet claimed
 	draining bool // to be released once its entries are settled
+	lost     chan struct{}
+	deadline time.Time
+	timer    *time.Timer // fires at deadline
+	ended    bool
 }
 
 func newShardSet(s *subscription) *shardSet {
@@ -84,20 +74,25 @@ func newShardSet(s *subscription) *shardSet {
 	return ss
 }
 
-// readable returns the shard streams to read new entries from, and those
-// whose pending entries must be claimed first. It marks them as being
-// read (until the caller clears s.reading), so that none of them is
-// released meanwhile.
-func (ss *shardSet) readable() (streams, fresh []string) {
+// readable returns the shard streams to read new entries from, those
+// whose pending entries must be claimed first, and the acquisition of
+// each (entries read under an acquisition are delivered only while it
+// lasts). It marks them as being read (until the caller clears
+// s.reading), so that none of them is released meanwhile.
+func (ss *shardSet) readable() (streams, fresh []string, acqs map[string]*shardState) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
+	acqs = make(map[string]*shardState, len(ss.owned))
 	for stream, st := range ss.owned {
 		switch {
 		case st.fresh:
 			fresh = append(fresh, stream)
 		case !st.draining:
 			streams = append(streams, stream)
+		default:
+			continue
 		}
+		acqs[stream] = st
 	}
 	slices.Sort(streams)
 	slices.Sort(fresh)
@@ -105,7 +100,7 @@ func (ss *shardSet) readable() (streams, fresh []string) {
 	s.mu.Lock()
 	s.reading = append(append(s.reading[:0:0], streams...), fresh...)
 	s.mu.Unlock()
-	return streams, fresh
+	return streams, fresh, acqs
 }
 
 // owns reports whether the member still holds the shard stream.
@@ -113,6 +108,76 @@ func (ss *shardSet) owns(stream string) bool {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return ss.owned[stream] != nil
+}
+
+// acquiredLocked records a new acquisition of the shard at index, whose
+// lease was set by a command sent at sent. ss.mu is held.
+func (ss *shardSet) acquiredLocked(stream string, index int, sent time.Time) {
+	st := &shardState{index: index, fresh: true, lost: make(chan struct{})}
+	st.deadline = sent.Add(ss.lease - fenceMargin(ss.lease))
+	st.timer = time.AfterFunc(time.Until(st.deadline), func() { ss.expire(stream, st) })
+	ss.owned[stream] = st
+	ss.signalLocked()
+}
+
+// renewedLocked moves st's deadline after a renewal sent at sent
+// succeeded. ss.mu is held.
+func (ss *shardSet) renewedLocked(st *shardState, sent time.Time) {
+	if st.ended {
+		return
+	}
+	if d := sent.Add(ss.lease - fenceMargin(ss.lease)); d.After(st.deadline) {
+		st.deadline = d
+		st.timer.Reset(time.Until(d))
+	}
+}
+
+// expire fences st when its deadline passed without a renewal.
+func (ss *shardSet) expire(stream string, st *shardState) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if st.ended || time.Until(st.deadline) > 0 {
+		return // gone already, or renewed while the timer fired
+	}
+	ss.s.log().Warn("redisstream: shard lease not renewed by its local deadline (Redis unreachable or slow?); giving the shard up",
+		"stream", stream, "group", ss.s.group, "shard_lease", ss.lease)
+	ss.loseLocked(stream, st)
+}
+
+// loseLocked ends the acquisition st of stream: it stops reading the
+// shard, closes the deliveries' Lost channel and stops keeping their
+// entries alive (the shard's next holder claims them). ss.mu is held; it
+// takes the subscription's lock.
+func (ss *shardSet) loseLocked(stream string, st *shardState) {
+	if ss.owned[stream] == st {
+		delete(ss.owned, stream)
+		ss.signalLocked()
+	}
+	if st.ended {
+		return
+	}
+	st.ended = true
+	st.timer.Stop()
+	close(st.lost)
+	s := ss.s
+	s.mu.Lock()
+	for id, d := range s.held[stream] {
+		if d.lost == st.lost {
+			delete(s.held[stream], id)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// loseAllLocked ends every acquisition and returns their lease keys.
+// ss.mu is held.
+func (ss *shardSet) loseAllLocked() []string {
+	keys := make([]string, 0, len(ss.owned))
+	for stream, st := range ss.owned {
+		keys = append(keys, ss.leaseKeys[st.index])
+		ss.loseLocked(stream, st)
+	}
+	return keys
 }
 
 // claimed records that a fresh shard's pending entries were claimed.
@@ -132,7 +197,7 @@ func (ss *shardSet) kick() {
 	}
 }
 
-// active reports whether the subscription is being consumed: a Receive is
+// activeLocked reports whether the subscription is being consumed: a Receive is
 // running or returned lately, or deliveries are unsettled. A subscription
 // whose Consume stopped (but which was not closed) holds no shards, so
 // other members get them. ss.mu is held.
@@ -182,17 +247,28 @@ func (ss *shardSet) run() {
 	_, _ = h.Write([]byte(ss.s.consumer))
 	offset := int(h.Sum32() % uint32(len(ss.leaseKeys)))
 	tick := max(ss.lease/3, 10*time.Millisecond)
+	failures := 0
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), tick)
-		if err := ss.balance(ctx, offset); err != nil && !errors.Is(err, redis.ErrClosed) {
-			ss.s.log().Warn("redisstream: shard lease upkeep failed", "topic", ss.s.topic, "group", ss.s.group, "error", err)
-		}
+		err := ss.balance(ctx, offset)
 		cancel()
+		wait := tick
+		if err != nil {
+			// Retry soon: a lease not renewed by its local deadline is
+			// given up (see shardState).
+			failures++
+			wait = backoff.Equal(backoff.Exp(failures, tick/8, tick))
+			if !errors.Is(err, redis.ErrClosed) {
+				ss.s.log().Warn("redisstream: shard lease upkeep failed", "topic", ss.s.topic, "group", ss.s.group, "error", err, "retry_in", wait)
+			}
+		} else {
+			failures = 0
+		}
 		select {
 		case <-ss.s.done:
 			return
 		case <-ss.kicks:
-		case <-time.After(tick):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -207,12 +283,7 @@ func (ss *shardSet) balance(ctx context.Context, offset int) error {
 		// Not consumed: leave the membership and give the shards up
 		// (nothing read from them is unsettled). Checked under ss.mu, so
 		// a Receive starting now finds no shards rather than lost ones.
-		keys := make([]string, 0, len(ss.owned))
-		for _, st := range ss.owned {
-			keys = append(keys, ss.leaseKeys[st.index])
-		}
-		clear(ss.owned)
-		ss.signalLocked()
+		keys := ss.loseAllLocked()
 		ss.mu.Unlock()
 		if len(keys) > 0 {
 			if err := releaseScript.Run(ctx, c, keys, me).Err(); err != nil {
@@ -236,25 +307,31 @@ func (ss *shardSet) balance(ctx context.Context, offset int) error {
 	n := len(ss.leaseKeys)
 	fair := (n + members - 1) / members
 
-	// Renew what we hold; forget what we lost.
+	// Renew what we hold; forget what we lost. The time is taken before
+	// the renewal is sent: Redis extends the lease later than that.
 	ss.mu.Lock()
 	var keys, streams []string
+	var states []*shardState
 	for stream, st := range ss.owned {
 		keys = append(keys, ss.leaseKeys[st.index])
 		streams = append(streams, stream)
+		states = append(states, st)
 	}
 	ss.mu.Unlock()
 	if len(keys) > 0 {
+		sent := time.Now()
 		res, err := renewScript.Run(ctx, c, keys, me, ss.lease.Milliseconds()).Int64Slice()
 		if err != nil {
 			return err
 		}
 		ss.mu.Lock()
 		for i, ok := range res {
-			if ok == 0 && ss.owned[streams[i]] != nil {
-				ss.s.log().Warn("redisstream: shard lease lost (renewal came too late); another member takes the shard", "stream", streams[i], "group", ss.s.group)
-				delete(ss.owned, streams[i])
-				ss.signalLocked()
+			st := states[i]
+			if ok == 1 {
+				ss.renewedLocked(st, sent)
+			} else if !st.ended {
+				ss.s.log().Warn("redisstream: shard lease lost (held by another member, or expired); giving the shard up", "stream", streams[i], "group", ss.s.group)
+				ss.loseLocked(streams[i], st)
 			}
 		}
 		ss.mu.Unlock()
@@ -289,19 +366,20 @@ func (ss *shardSet) balance(ctx context.Context, offset int) error {
 	}
 	ss.mu.Unlock()
 	if len(release) > 0 {
-		keys := make([]string, len(release))
-		for i, stream := range release {
-			keys[i] = ss.leaseKeys[ss.indexOf(stream)]
+		// Given up here first, then in Redis: nobody else can take a
+		// shard while this member may still use it.
+		keys := make([]string, 0, len(release))
+		ss.mu.Lock()
+		for _, stream := range release {
+			if st := ss.owned[stream]; st != nil {
+				keys = append(keys, ss.leaseKeys[st.index])
+				ss.loseLocked(stream, st)
+			}
 		}
+		ss.mu.Unlock()
 		if err := releaseScript.Run(ctx, c, keys, me).Err(); err != nil {
 			return err
 		}
-		ss.mu.Lock()
-		for _, stream := range release {
-			delete(ss.owned, stream)
-		}
-		ss.signalLocked()
-		ss.mu.Unlock()
 	}
 
 	// Take free shards up to our fair share.
@@ -311,7 +389,8 @@ func (ss *shardSet) balance(ctx context.Context, offset int) error {
 		if ss.owns(stream) {
 			continue
 		}
-		ok, err := c.SetNX(ctx, ss.leaseKeys[idx], me, ss.lease).Result()
+		sent := time.Now()
+		ok, err := acquireScript.Run(ctx, c, []string{ss.leaseKeys[idx]}, me, ss.lease.Milliseconds()).Bool()
 		if err != nil {
 			return err
 		}
@@ -324,21 +403,11 @@ func (ss *shardSet) balance(ctx context.Context, offset int) error {
 			_ = releaseScript.Run(ctx, c, []string{ss.leaseKeys[idx]}, me).Err()
 			return nil
 		}
-		ss.owned[stream] = &shardState{index: idx, fresh: true}
-		ss.signalLocked()
+		ss.acquiredLocked(stream, idx, sent)
 		ss.mu.Unlock()
 		active++
 	}
 	return nil
-}
-
-func (ss *shardSet) indexOf(stream string) int {
-	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if st := ss.owned[stream]; st != nil {
-		return st.index
-	}
-	return slices.Index(ss.s.streams, stream)
 }
 
 // idleLocked reports whether nothing read from stream is unsettled or being
@@ -355,11 +424,7 @@ func (ss *shardSet) idleLocked(stream string) bool {
 func (ss *shardSet) releaseAll(ctx context.Context) {
 	ss.mu.Lock()
 	ss.released = true
-	keys := make([]string, 0, len(ss.owned))
-	for _, st := range ss.owned {
-		keys = append(keys, ss.leaseKeys[st.index])
-	}
-	clear(ss.owned)
+	keys := ss.loseAllLocked()
 	ss.mu.Unlock()
 	c := ss.s.c.client
 	if len(keys) > 0 {
