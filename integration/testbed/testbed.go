@@ -361,7 +361,8 @@ func (b *Broker) Container() testcontainers.Container { return b.ctr }
 // starts the same container again and waits until the broker serves
 // clients. The address stays the same; what the broker keeps on disk
 // (RabbitMQ durable queues and persistent messages, Kafka topics and
-// offsets) survives, Redis comes back empty (no persistence).
+// offsets, Redis streams and groups from its fsync-always append-only
+// file) survives.
 func (b *Broker) Restart(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
