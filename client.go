@@ -96,7 +96,7 @@ func (c *Client) Producer(opts ...Option) Producer {
 	for _, opt := range opts {
 		opt(&o)
 	}
-	return newProducer(c, o.maxMessageBytes)
+	return newProducer(c, o)
 }
 
 // Consumer joins a consumer group on topic and returns a consumer. The
@@ -247,6 +247,8 @@ type options struct {
 	maxNackBackoff  time.Duration
 	maxMessageBytes int
 	logger          *slog.Logger
+	produceMW       []ProduceMiddleware
+	consumeMW       []Middleware
 }
 
 // minNackBackoff is the shortest in-process redelivery delay allowed.

@@ -101,7 +101,10 @@ func (c *consumer) Consume(ctx context.Context, h Handler) error {
 		c.mu.Unlock()
 	}()
 
-	d := newDispatcher(h, c.sub, c.opts)
+	d := newDispatcher(Chain(h, c.opts.consumeMW...), c.sub, c.opts)
+	if len(c.opts.consumeMW) > 0 {
+		d.info = &DeliveryInfo{Scheme: c.client.scheme, Topic: c.topic, Group: c.group}
+	}
 	err := d.run(ctx)
 	if err != nil {
 		return fmt.Errorf("mq: consume %q group %q: %w", c.topic, c.group, err)
@@ -138,6 +141,8 @@ type dispatcher struct {
 	o    options
 	hctx context.Context // handlers' context: not cancelled until the shutdown timeout
 	actx context.Context // acks' context: never cancelled by shutdown
+
+	info     *DeliveryInfo // the consumer's part of every DeliveryInfo; nil: no consume middleware, none recorded
 
 	room     chan struct{} // a token when in-flight drops below the bound
 	stopping chan struct{} // closed when shutdown begins; seen by handlers through ShuttingDown
@@ -213,10 +218,11 @@ const (
 )
 
 type task struct {
-	d       Delivery
-	m       *Message
-	sc      *scope // nil: never lost
-	retries int
+	d        Delivery
+	m        *Message
+	sc       *scope // nil: never lost
+	retries  int
+	received time.Time // when submitted; only with d.info
 }
 
 func newDispatcher(h Handler, sub Subscription, o options) *dispatcher {
@@ -405,6 +411,9 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 
 func (d *dispatcher) submit(dl Delivery) {
 	t := task{d: dl, m: dl.Message()}
+	if d.info != nil {
+		t.received = time.Now()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if lost := dl.Lost(); lost != nil {
@@ -567,6 +576,9 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 		d.advance(q)
 		return
 	}
+	if d.info != nil {
+		ctx = d.withInfo(ctx, t)
+	}
 	err := d.call(ctx, t.m)
 	if err == nil && (t.sc == nil || !t.sc.isLost()) {
 		if aerr := t.d.Ack(d.actx); aerr != nil {
@@ -613,6 +625,16 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 		}
 	})
 	q.timer = timer
+}
+
+// withInfo returns ctx carrying the DeliveryInfo of one handler call of t.
+func (d *dispatcher) withInfo(ctx context.Context, t task) context.Context {
+	info := *d.info
+	info.Received = t.received
+	if p, ok := t.d.(Positioner); ok {
+		info.Partition, info.Offset = p.Position()
+	}
+	return context.WithValue(ctx, deliveryKey{}, &info)
 }
 
 // advance takes q's settled head task off and makes the next one ready.

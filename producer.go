@@ -8,20 +8,21 @@ import (
 
 type producer struct {
 	client *Client
-	limit  int // the smaller of WithMaxMessageBytes and the backend's limit; 0: none
+	limit  int         // the smaller of WithMaxMessageBytes and the backend's limit; 0: none
+	send   ProduceFunc // the backend's Send inside the produce middleware
 	closed atomic.Bool
 }
 
-// newProducer settles the size limit once: the backend's limit, lowered by
-// WithMaxMessageBytes.
-func newProducer(c *Client, maxBytes int) *producer {
-	limit := maxBytes
+// newProducer settles the size limit once (the backend's limit, lowered by
+// WithMaxMessageBytes) and the send chain.
+func newProducer(c *Client, o options) *producer {
+	limit := o.maxMessageBytes
 	if s, ok := c.conn.(Sizer); ok {
 		if bl := s.MaxMessageBytes(); bl > 0 && (limit == 0 || bl < limit) {
 			limit = bl
 		}
 	}
-	return &producer{client: c, limit: limit}
+	return &producer{client: c, limit: limit, send: chainProduce(c.conn.Send, o.produceMW)}
 }
 
 // Size returns the bytes m takes on the wire before backend framing: body,
@@ -58,7 +59,7 @@ func (p *producer) Produce(ctx context.Context, topic string, msgs ...*Message) 
 			}
 		}
 	}
-	if err := p.client.conn.Send(ctx, topic, msgs); err != nil {
+	if err := p.send(ctx, topic, msgs); err != nil {
 		return fmt.Errorf("mq: produce to %q: %w", topic, err)
 	}
 	return nil

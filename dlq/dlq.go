@@ -472,6 +472,7 @@ func (h *handler) deadLetter(ctx context.Context, m *mq.Message, orig map[string
 		return err
 	}
 	h.forget(ctx, m, key)
+	mq.SetOutcome(ctx, mq.OutcomeDeadLettered)
 	h.cfg.Logger.Warn("dlq: message dead-lettered",
 		"id", m.ID, "topic", m.Topic, "dlq_topic", topic, "reason", reason, "attempts", attempts, "error", cause)
 	if h.cfg.OnDeadLetter != nil {

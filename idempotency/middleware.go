@@ -156,6 +156,7 @@ func (d *dedup) Handle(ctx context.Context, m *mq.Message) error {
 	switch c.Status {
 	case Acquired:
 	case AlreadyDone:
+		mq.SetOutcome(ctx, mq.OutcomeDuplicate)
 		return nil
 	case Busy:
 		return fmt.Errorf("%w (key %q)", ErrBusy, key)

@@ -1,0 +1,116 @@
+package mq
+
+import (
+	"context"
+	"time"
+)
+
+// This file holds the hooks that observability packages (tracing,
+// metrics, logging) plug into: middleware around every Produce of a
+// client's producers and around every handler call of its consumers, and
+// what a handler's context tells about the delivery it is running.
+
+// ProduceFunc sends msgs to topic: a Producer's Produce after the portable
+// checks passed and every message has its ID.
+type ProduceFunc func(ctx context.Context, topic string, msgs []*Message) error
+
+// ProduceMiddleware wraps the sending of every Produce call of a client's
+// producers, the way Middleware wraps a Handler: to start a span and put
+// its trace context into the messages' headers, to count and time sends.
+// It runs after the IDs were assigned and the portable checks passed. It
+// may add headers to the messages; it must not keep them after it returns.
+type ProduceMiddleware func(next ProduceFunc) ProduceFunc
+
+// WithProduceMiddleware adds middleware around the sends of the producers
+// made from the client (given to Open or NewClient) or of one producer
+// (given to Client.Producer). The first is the outermost.
+func WithProduceMiddleware(mws ...ProduceMiddleware) Option {
+	return func(o *options) { o.produceMW = append(o.produceMW[:len(o.produceMW):len(o.produceMW)], mws...) }
+}
+
+// WithConsumeMiddleware adds middleware around every handler call of the
+// consumers made from the client (given to Open or NewClient) or of one
+// consumer (given to Client.Consumer), outside the handler given to
+// Consume and whatever middleware it was built with: it sees every call,
+// an in-process redelivery included, with the handler's final result. The
+// first is the outermost. Inside it, DeliveryFrom tells the delivery's
+// topic, group and position.
+func WithConsumeMiddleware(mws ...Middleware) Option {
+	return func(o *options) { o.consumeMW = append(o.consumeMW[:len(o.consumeMW):len(o.consumeMW)], mws...) }
+}
+
+// chainProduce wraps send in mws, the first outermost.
+func chainProduce(send ProduceFunc, mws []ProduceMiddleware) ProduceFunc {
+	for i := len(mws) - 1; i >= 0; i-- {
+		if mws[i] != nil {
+			send = mws[i](send)
+		}
+	}
+	return send
+}
+
+// Positioner is implemented by a Delivery that knows where its message
+// sits in the broker, for traces and logs.
+type Positioner interface {
+	// Position returns the partition (Kafka partition number, Redis
+	// stream key, RabbitMQ queue) and the offset within it (Kafka
+	// offset, Redis entry ID, AMQP delivery tag) as text.
+	Position() (partition, offset string)
+}
+
+// DeliveryInfo describes the delivery a handler is running, for
+// middleware installed with WithConsumeMiddleware.
+type DeliveryInfo struct {
+	// Scheme is the URL scheme of the client's backend ("kafka", "amqp",
+	// "redis", "mem", ...); empty for a client made with NewClient.
+	Scheme string
+	// Topic and Group are the consumer's.
+	Topic, Group string
+	// Partition and Offset are the delivery's position, where the
+	// backend tells it (see Positioner); empty otherwise.
+	Partition, Offset string
+	// Received is when the consumer received the delivery from the
+	// backend; the time the message waited in the consumer since is the
+	// handler's start time minus Received.
+	Received time.Time
+
+	outcome Outcome
+}
+
+// Outcome is what became of a handled message, as a middleware that
+// decided it reports with SetOutcome, for metrics and logs. The empty
+// Outcome means the handler's result tells: nil acknowledged, an error
+// retried.
+type Outcome string
+
+// Outcomes reported by the SDK's middleware.
+const (
+	// OutcomeDeadLettered: the message went to its dead-letter topic and
+	// was acknowledged (package dlq).
+	OutcomeDeadLettered Outcome = "dead_lettered"
+	// OutcomeDuplicate: the message was handled before and skipped
+	// (package idempotency).
+	OutcomeDuplicate Outcome = "duplicate"
+)
+
+type deliveryKey struct{}
+
+// DeliveryFrom returns the delivery info of a handler's context, when the
+// consumer has consume middleware (WithConsumeMiddleware); the consumer
+// only records it then, so a consumer without it pays nothing.
+func DeliveryFrom(ctx context.Context) (*DeliveryInfo, bool) {
+	d, ok := ctx.Value(deliveryKey{}).(*DeliveryInfo)
+	return d, ok
+}
+
+// SetOutcome records, for the consume middleware of the delivery ctx
+// belongs to, what became of it (see Outcome). It does nothing for a
+// context without delivery info.
+func SetOutcome(ctx context.Context, o Outcome) {
+	if d, ok := DeliveryFrom(ctx); ok {
+		d.outcome = o
+	}
+}
+
+// Outcome returns what a middleware reported with SetOutcome, or "".
+func (d *DeliveryInfo) Outcome() Outcome { return d.outcome }

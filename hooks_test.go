@@ -1,0 +1,121 @@
+package mq_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mqkit/mq"
+)
+
+func TestHooks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var sent []string
+	var seen []mq.DeliveryInfo
+	var outcomes []mq.Outcome
+	stamp := func(next mq.ProduceFunc) mq.ProduceFunc {
+		return func(ctx context.Context, topic string, msgs []*mq.Message) error {
+			for _, m := range msgs {
+				if m.ID == "" {
+					t.Error("produce middleware saw a message without its ID")
+				}
+				m.SetHeader("stamped", topic)
+				mu.Lock()
+				sent = append(sent, m.ID)
+				mu.Unlock()
+			}
+			return next(ctx, topic, msgs)
+		}
+	}
+	observe := func(next mq.Handler) mq.Handler {
+		return mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+			info, ok := mq.DeliveryFrom(ctx)
+			if !ok {
+				t.Error("no DeliveryInfo inside consume middleware")
+				return next.Handle(ctx, m)
+			}
+			err := next.Handle(ctx, m)
+			mu.Lock()
+			seen = append(seen, *info)
+			outcomes = append(outcomes, info.Outcome())
+			mu.Unlock()
+			return err
+		})
+	}
+	c, err := mq.Open(ctx, "mem://?group=g&nack_backoff=1ms", mq.WithProduceMiddleware(stamp), mq.WithConsumeMiddleware(observe))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cons, err := c.Consumer(ctx, "orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Producer().Produce(ctx, "orders", &mq.Message{Key: "k"}, &mq.Message{Key: "k"}); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	var got []*mq.Message
+	err = cons.Consume(ctx, mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		calls++
+		if calls == 1 {
+			return errors.New("first attempt fails")
+		}
+		if calls == 2 {
+			mq.SetOutcome(ctx, mq.OutcomeDuplicate)
+		}
+		got = append(got, m.Clone())
+		if len(got) == 2 {
+			cancel()
+		}
+		return nil
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sent) != 2 || len(got) != 2 || got[0].Header("stamped") != "orders" {
+		t.Fatalf("sent %v, got %d messages (stamped %q)", sent, len(got), got[0].Header("stamped"))
+	}
+	if len(seen) != 3 {
+		t.Fatalf("consume middleware saw %d calls, want 3 (one failed attempt, its retry, the second message)", len(seen))
+	}
+	for _, info := range seen {
+		if info.Scheme != "mem" || info.Topic != "orders" || info.Group != "g" || info.Received.IsZero() {
+			t.Errorf("delivery info %+v", info)
+		}
+	}
+	if outcomes[0] != "" || outcomes[1] != mq.OutcomeDuplicate || outcomes[2] != "" {
+		t.Errorf("outcomes %q, want one reported for the second call only", outcomes)
+	}
+}
+
+func TestNoDeliveryInfoWithoutHooks(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := mq.Open(ctx, "mem://?group=g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cons, err := c.Consumer(ctx, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Producer().Produce(ctx, "t", &mq.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	_ = cons.Consume(ctx, mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		if _, ok := mq.DeliveryFrom(ctx); ok {
+			t.Error("delivery info recorded without consume middleware")
+		}
+		mq.SetOutcome(ctx, mq.OutcomeDeadLettered) // a no-op, no panic
+		cancel()
+		return nil
+	}))
+}
