@@ -278,6 +278,27 @@ func testLag(t *testing.T, c *mq.Client) {
 	if len(lag) != 2 || total != 10 {
 		t.Errorf("Lag = %+v, want 2 partitions lagging 10 in total", lag)
 	}
+
+	// The portable view: the same backlog, and the age of the oldest
+	// uncommitted record.
+	time.Sleep(50 * time.Millisecond)
+	plag, err := c.Lag(ctx, topic, "g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	total = 0
+	for _, p := range plag {
+		total += p.Backlog
+		if p.Unacked != -1 || (p.Backlog > 0 && p.OldestAge < 50*time.Millisecond) {
+			t.Errorf("portable lag %+v: want Unacked -1 and the oldest record at least 50ms old", p)
+		}
+	}
+	if len(plag) != 2 || total != 10 || plag[0].Partition != "0" {
+		t.Errorf("Client.Lag = %+v, want partitions 0 and 1 lagging 10 in total", plag)
+	}
+	if err := c.Ping(ctx); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
 }
 
 // testKcat checks interoperability with kcat, a client nobody here wrote.
