@@ -431,3 +431,38 @@ func TestTailTakesNothing(t *testing.T) {
 		}
 	}
 }
+
+func TestLagCommand(t *testing.T) {
+	s := newShared(t)
+	c := mq.NewClient(s.b.Conn())
+	defer c.Close()
+	ctx := context.Background()
+	if code, _, stderr := s.run(t, "", "lag", "-topic", "orders", "-group", "billing"); code != exitFailure || !strings.Contains(stderr, "not known") {
+		t.Fatalf("lag of an unknown group: exit %d, stderr %q; want 1 and a clear message", code, stderr)
+	}
+	cons, err := c.Consumer(ctx, "orders", mq.WithGroup("billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	if err := c.Producer().Produce(ctx, "orders", &mq.Message{}, &mq.Message{}, &mq.Message{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond)
+	code, out, stderr := s.run(t, "", "lag", "-topic", "orders", "-group", "billing")
+	if code != exitOK || !strings.Contains(out, "total backlog 3, unacked 0") {
+		t.Fatalf("lag: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if code, _, stderr := s.run(t, "", "lag", "-topic", "orders", "-group", "billing", "-max-lag", "2"); code != exitThreshold || !strings.Contains(stderr, "above -max-lag 2") {
+		t.Errorf("-max-lag 2 with 3 behind: exit %d, stderr %q; want %d", code, stderr, exitThreshold)
+	}
+	if code, _, _ := s.run(t, "", "lag", "-topic", "orders", "-group", "billing", "-max-lag", "3", "-max-age", "1h"); code != exitOK {
+		t.Errorf("within both thresholds: exit %d, want 0", code)
+	}
+	if code, _, stderr := s.run(t, "", "lag", "-topic", "orders", "-group", "billing", "-max-age", "10ms"); code != exitThreshold || !strings.Contains(stderr, "above -max-age") {
+		t.Errorf("-max-age 10ms with 30ms-old messages: exit %d, stderr %q; want %d", code, stderr, exitThreshold)
+	}
+	if code, out, _ := s.run(t, "", "lag", "-topic", "orders", "-group", "billing", "-watch", "5ms", "-max-lag", "2"); code != exitThreshold || !strings.Contains(out, "topic orders  group billing") {
+		t.Errorf("-watch with a crossed threshold: exit %d, stdout %q; want %d after one round", code, out, exitThreshold)
+	}
+}
