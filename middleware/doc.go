@@ -1,5 +1,5 @@
 // Package middleware holds the handler middleware of mq: Retry, Timeout,
-// Recover and Throttle, and Stack, which composes them with deduplication
+// Recover, Throttle and Log, and Stack, which composes them with deduplication
 // (package idempotency) and dead-lettering (package dlq) in one order that
 // does the right thing.
 //
@@ -48,7 +48,8 @@
 // its AttemptCounter. A message is never dead-lettered because a store
 // was down or a duplicate was running.
 //
-// Put tracing and logging outside the whole stack (mq.Chain(h, logging,
+// Log writes one structured line per call (never the body). Put tracing
+// and logging outside the whole stack (mq.Chain(h, logging,
 // Stack(cfg))) to see one span per delivery, or around the handler inside
 // it (Stack(cfg)(mq.Chain(h, logging))) to see each attempt.
 //
