@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/urlparams"
 )
 
 // QueueType is the kind of queue a consumer group gets.
@@ -74,10 +74,19 @@ type Config struct {
 	// DisableUnroutedQueue stops declared topic exchanges from keeping the
 	// messages produced while the topic has no consumer group. By default
 	// each topic exchange gets an alternate exchange and queue, both named
-	// "<topic>.unrouted", that keep them. With DisableUnroutedQueue such a
-	// message fails Produce with ErrUnroutable. Changing this for an
-	// existing exchange fails with PRECONDITION_FAILED.
+	// "<topic>.unrouted", that keep them until a group subscribes (see
+	// HoldUnrouted). With DisableUnroutedQueue such a message fails
+	// Produce with ErrUnroutable. For an exchange that exists already
+	// with other arguments, see the package documentation ("Sharing
+	// exchanges with other clients").
 	DisableUnroutedQueue bool
+
+	// HoldUnrouted keeps the messages of "<topic>.unrouted" there instead
+	// of handing them to the group that subscribes next (see the package
+	// documentation, "Messages produced before any group"). They are then
+	// delivered to no group: Lag counts them and a subscription logs
+	// them once; operators move or drop them.
+	HoldUnrouted bool
 
 	// Shards, when above 1, keeps per-key order across several consumer
 	// instances of a group: the group gets Shards queues fed by a
@@ -146,7 +155,7 @@ type Config struct {
 //	exchange_type=topic|fanout   Config.ExchangeType
 //	queue_type=classic|quorum    Config.QueueType
 //	declare=true|false           false sets Config.DisableDeclare
-//	unrouted=keep|error          error sets Config.DisableUnroutedQueue
+//	unrouted=keep|hold|error     hold sets Config.HoldUnrouted, error Config.DisableUnroutedQueue
 //	shards=N                     Config.Shards
 //	dead_letter_exchange=NAME    Config.DeadLetterExchange
 //	delivery_limit=N             Config.DeliveryLimit
@@ -174,14 +183,10 @@ func ParseURL(rawURL string) (Config, error) {
 }
 
 // amqpParams are the query parameters amqp091-go reads itself.
-var amqpParams = map[string]bool{
-	"heartbeat": true, "connection_timeout": true, "channel_max": true, "auth_mechanism": true,
-	"certfile": true, "keyfile": true, "cacertfile": true, "server_name_indication": true,
+var amqpParams = []string{
+	"heartbeat", "connection_timeout", "channel_max", "auth_mechanism",
+	"certfile", "keyfile", "cacertfile", "server_name_indication",
 }
-
-const knownParams = "exchange_type, queue_type, declare, unrouted, shards, dead_letter_exchange, delivery_limit, " +
-	"max_message_size, confirm_window, prefetch, reconnect_backoff, max_reconnect_backoff, reconnect_timeout, and amqp091's " +
-	"heartbeat, connection_timeout, channel_max, auth_mechanism, certfile, keyfile, cacertfile, server_name_indication"
 
 func configFromURL(u *url.URL) (Config, error) {
 	if u.Scheme != "amqp" && u.Scheme != "amqps" {
@@ -194,86 +199,31 @@ func configFromURL(u *url.URL) (Config, error) {
 		return Config{}, fmt.Errorf("%w %q: unexpected fragment", mq.ErrInvalidURL, u.Redacted())
 	}
 	var cfg Config
-	var errs []error
-	bad := func(name, v, want string) {
-		errs = append(errs, fmt.Errorf("%s=%q: want %s", name, v, want))
+	q := urlparams.New(u.Query())
+	q.Enum("exchange_type", &cfg.ExchangeType, "topic", "fanout")
+	var qt string
+	if q.Enum("queue_type", &qt, string(Classic), string(Quorum)) {
+		cfg.QueueType = QueueType(qt)
 	}
-	atoi := func(name, v string, min int) int {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < min {
-			bad(name, v, fmt.Sprintf("a whole number of at least %d", min))
-		}
-		return n
-	}
-	dur := func(name, v string) time.Duration {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			bad(name, v, "a positive duration such as 250ms or 5s")
-		}
-		return d
-	}
-	q := u.Query()
-	keep := url.Values{}
-	for name, vals := range q {
-		v := vals[len(vals)-1]
-		switch name {
-		case "exchange_type":
-			if v != "topic" && v != "fanout" {
-				bad(name, v, "topic or fanout")
-			}
-			cfg.ExchangeType = v
-		case "queue_type":
-			switch QueueType(v) {
-			case Classic, Quorum:
-				cfg.QueueType = QueueType(v)
-			default:
-				bad(name, v, "classic or quorum")
-			}
-		case "declare":
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				bad(name, v, "true or false")
-			}
-			cfg.DisableDeclare = !b
-		case "unrouted":
-			switch v {
-			case "keep":
-			case "error":
-				cfg.DisableUnroutedQueue = true
-			default:
-				bad(name, v, "keep or error")
-			}
-		case "shards":
-			cfg.Shards = atoi(name, v, 1)
-		case "dead_letter_exchange":
-			if v == "" {
-				bad(name, v, "an exchange name")
-			}
-			cfg.DeadLetterExchange = v
-		case "delivery_limit":
-			cfg.DeliveryLimit = atoi(name, v, 1)
-		case "max_message_size":
-			cfg.MaxMessageSize = atoi(name, v, 1)
-		case "confirm_window":
-			cfg.ConfirmWindow = atoi(name, v, 1)
-		case "prefetch":
-			cfg.Prefetch = atoi(name, v, 1)
-		case "reconnect_backoff":
-			cfg.ReconnectBackoff = dur(name, v)
-		case "max_reconnect_backoff":
-			cfg.MaxReconnectBackoff = dur(name, v)
-		case "reconnect_timeout":
-			cfg.ReconnectTimeout = dur(name, v)
-		default:
-			if !amqpParams[name] {
-				errs = append(errs, fmt.Errorf("unknown parameter %q (known: %s)", name, knownParams))
-				continue
-			}
-			keep[name] = vals
-		}
-	}
-	if len(errs) > 0 {
-		return Config{}, fmt.Errorf("%w %q: %w", mq.ErrInvalidURL, u.Redacted(), errors.Join(errs...))
+	declare := true
+	q.Bool("declare", &declare)
+	cfg.DisableDeclare = !declare
+	var unrouted string
+	q.Enum("unrouted", &unrouted, "keep", "hold", "error")
+	cfg.HoldUnrouted = unrouted == "hold"
+	cfg.DisableUnroutedQueue = unrouted == "error"
+	q.Int("shards", &cfg.Shards, 1)
+	q.NonEmpty("dead_letter_exchange", &cfg.DeadLetterExchange, "an exchange name")
+	q.Int("delivery_limit", &cfg.DeliveryLimit, 1)
+	q.Int("max_message_size", &cfg.MaxMessageSize, 1)
+	q.Int("confirm_window", &cfg.ConfirmWindow, 1)
+	q.Int("prefetch", &cfg.Prefetch, 1)
+	q.Duration("reconnect_backoff", &cfg.ReconnectBackoff, time.Millisecond)
+	q.Duration("max_reconnect_backoff", &cfg.MaxReconnectBackoff, time.Millisecond)
+	q.Duration("reconnect_timeout", &cfg.ReconnectTimeout, time.Millisecond)
+	keep := q.Keep(amqpParams...)
+	if err := q.Err(u.Scheme + "://"); err != nil {
+		return Config{}, fmt.Errorf("%w %q: %w", mq.ErrInvalidURL, u.Redacted(), err)
 	}
 	au := *u
 	au.RawQuery = keep.Encode()
@@ -310,6 +260,8 @@ func (cfg *Config) check() error {
 		return fmt.Errorf("%w: rabbit: Shards, DeliveryLimit, MaxMessageSize, ConfirmWindow and Prefetch must not be negative", mq.ErrInvalidURL)
 	case cfg.ReconnectBackoff < 0 || cfg.MaxReconnectBackoff < 0 || cfg.ReconnectTimeout < 0:
 		return fmt.Errorf("%w: rabbit: reconnect backoffs and timeout must not be negative", mq.ErrInvalidURL)
+	case cfg.HoldUnrouted && cfg.DisableUnroutedQueue:
+		return fmt.Errorf("%w: rabbit: HoldUnrouted needs the unrouted queue that DisableUnroutedQueue turns off", mq.ErrInvalidURL)
 	case cfg.DeliveryLimit > 0 && cfg.queueType() != Quorum:
 		return fmt.Errorf("%w: rabbit: delivery_limit needs queue_type=quorum (classic queues keep no delivery count)", mq.ErrInvalidURL)
 	}
@@ -376,6 +328,9 @@ func (cfg Config) String() string {
 	}
 	if cfg.DisableUnroutedQueue {
 		b.WriteString(", DisableUnroutedQueue")
+	}
+	if cfg.HoldUnrouted {
+		b.WriteString(", HoldUnrouted")
 	}
 	if cfg.Shards > 1 {
 		fmt.Fprintf(&b, ", Shards: %d", cfg.Shards)

@@ -32,9 +32,9 @@ func TestConformance(t *testing.T) {
 		name, params string
 		features     mqtest.Features
 	}{
-		{"classic", "queue_type=classic", mqtest.Features{Attempts: mqtest.AttemptsRedelivered}},
-		{"quorum", "queue_type=quorum", mqtest.Features{Attempts: mqtest.AttemptsExact}},
-		{"sharded", "queue_type=classic&shards=4", mqtest.Features{Attempts: mqtest.AttemptsRedelivered, KeyOrderAcrossMembers: true}},
+		{"classic", "queue_type=classic", mqtest.Features{Attempts: mqtest.AttemptsRedelivered, KeepsEarlyMessages: true}},
+		{"quorum", "queue_type=quorum", mqtest.Features{Attempts: mqtest.AttemptsExact, KeepsEarlyMessages: true}},
+		{"sharded", "queue_type=classic&shards=4", mqtest.Features{Attempts: mqtest.AttemptsRedelivered, KeyOrderAcrossMembers: true, KeepsEarlyMessages: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mqtest.Run(t, mqtest.Harness{

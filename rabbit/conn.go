@@ -14,6 +14,7 @@ import (
 
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/internal/backoff"
+	"github.com/mqkit/mq/internal/closeset"
 )
 
 func init() {
@@ -50,8 +51,9 @@ var (
 )
 
 // Conn is a self-healing connection to RabbitMQ. It implements mq.Conn
-// (wrap it with mq.NewClient, or get it from mq.Open's Client.Conn) and
-// mq.Sizer, and adds Lag and DeadLetter. It is safe for concurrent use.
+// (wrap it with mq.NewClient, or get it from mq.Open's Client.Conn),
+// mq.Sizer and mq.GroupDeleter, and adds Lag, Backlog and DeadLetter. It
+// is safe for concurrent use.
 //
 // It keeps two AMQP connections, dialed again with backoff whenever they
 // drop: one for publishing (a pool of channels in confirm mode) and one,
@@ -70,11 +72,14 @@ type Conn struct {
 	poolMu sync.Mutex
 	pool   []*pubChan // idle publishing channels
 
+	subs closeset.Set[*subscription]
+
 	mu      sync.Mutex
-	subs    map[*subscription]struct{}
 	live    map[*mq.Message]*delivery // unsettled deliveries, for DeadLetter
 	closed  bool
 	closeMu sync.Mutex
+
+	logged sync.Map // keys of the conditions logged once (see logOnce)
 
 	tags atomic.Uint64 // numbers consumer tags
 
@@ -94,7 +99,6 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c := &Conn{
 		cfg:      cfg,
 		redacted: cfg.redactedURL(),
-		subs:     map[*subscription]struct{}{},
 		live:     map[*mq.Message]*delivery{},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -133,10 +137,6 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	c.closed = true
-	subs := make([]*subscription, 0, len(c.subs))
-	for s := range c.subs {
-		subs = append(subs, s)
-	}
 	c.mu.Unlock()
 	c.cancel()
 	c.poolMu.Lock()
@@ -146,10 +146,10 @@ func (c *Conn) Close() error {
 	// the broker requeues what the subscriptions held.
 	c.pub.close()
 	c.sub.close()
-	for _, s := range subs {
-		_ = s.Close()
-	}
-	c.bg.Wait() // they fail now that the connections are closed
+	_, _ = c.subs.CloseAll() // a subscription's Close returns nil
+	// Calls abandoned to the broker fail now that the connections are
+	// closed.
+	c.bg.Wait()
 	return nil
 }
 
@@ -212,6 +212,15 @@ func (c *Conn) closeChannel(ch *amqp.Channel) {
 	now, cancel := context.WithCancel(context.Background())
 	cancel()
 	_ = c.call(now, func(func(func()) bool) error { return ch.Close() })
+}
+
+// logOnce logs msg at warning level the first time it is called with
+// key on this connection, and never again: for conditions that would
+// otherwise be logged with every message or every reconnection.
+func (c *Conn) logOnce(key, msg string, args ...any) {
+	if _, seen := c.logged.LoadOrStore(key, true); !seen {
+		c.cfg.Logger.Warn(msg, args...)
+	}
 }
 
 func (c *Conn) isClosed() bool {

@@ -18,11 +18,59 @@
 // it was created. Queues are classic, or quorum with queue_type=quorum.
 // Messages produced while a topic has no group go to the queue
 // "<topic>.unrouted" (through the exchange's alternate exchange) rather
-// than vanishing, and are not handed to groups created later ("unrouted"
-// is therefore not a valid group name); with unrouted=error they fail
-// Produce instead. With
+// than vanishing ("unrouted" is therefore not a valid group name); with
+// unrouted=error they fail Produce instead. With
 // declare=false nothing is declared (operators own the topology): a missing
 // exchange or queue is an error wrapping ErrNotFound.
+//
+// # Messages produced before any group
+//
+// As on mem://, the first group to subscribe gets the messages produced
+// before any group existed. Subscribe declares the group's queues, moves
+// the messages of "<topic>.unrouted" into them, and only then binds them
+// to the topic, so the early messages come before everything produced
+// afterwards, in their order (per key; a message produced at the very
+// moment of the binding can land behind later ones). A group created
+// later finds the unrouted queue empty and does not get them. The move
+// consumes the unrouted queue exclusively, publishes each message to the
+// group with a publisher confirm and acknowledges it on the unrouted
+// queue only after the confirm: a move cut off midway loses nothing (its
+// unacknowledged messages go back to the unrouted queue and the next
+// Subscribe, retried by Subscribe itself, moves them; one confirmed but
+// not yet acknowledged then arrives twice). While one connection moves,
+// other subscribers, of this group or another, wait for it (as long as it
+// progresses, bounded by their context), so that a group is not bound
+// before the move ends; the messages go to one group only. A moved
+// message keeps its ID, properties and headers; its key is written to
+// x-mq-key, and it reaches an unsharded group's queue through the default
+// exchange (routing key: the queue's name) or a sharded group's
+// consistent-hash exchange with its routing key. Once every group of a
+// topic is deleted (Conn.DeleteGroup), messages collect in the unrouted
+// queue again, for the next group. Moving a large backlog takes time:
+// Subscribe (Client.Consumer) returns when it is done. With declare=false
+// nothing is moved.
+//
+// With unrouted=hold (Config.HoldUnrouted) the messages stay in the
+// unrouted queue and no group gets them. Nothing kept there is
+// invisible: a subscription logs it once, and Conn.Lag counts it (see
+// Conn.Backlog for the split).
+//
+// # Sharing exchanges with other clients
+//
+// mqkit declares a topic's exchange as durable, of type topic (or
+// fanout), with the argument alternate-exchange = "<topic>.unrouted".
+// RabbitMQ refuses (PRECONDITION_FAILED, closing the channel) a declare
+// that differs from the existing exchange, so a foreign service that
+// declares the exchange after mqkit must declare exactly that (in pika:
+// exchange_declare(topic, "topic", durable=True,
+// arguments={"alternate-exchange": topic + ".unrouted"})), or declare it
+// passively. An exchange that another client declared first without the
+// alternate exchange (or with its own) is used as it is, on a new
+// channel, and logged once: messages produced while the topic has no
+// group then fail Produce with ErrUnroutable (or go to that client's
+// alternate exchange) instead of waiting for the first group. An existing
+// exchange of another type or durability is an error that names the
+// differing argument.
 //
 // # Producing
 //
@@ -30,12 +78,53 @@
 // confirm mode, up to confirm_window at a time; Produce returns after the
 // broker confirmed every message, and a message it returns (unroutable)
 // or nacks is an error (ErrUnroutable, ErrNacked). The ID is the AMQP
-// message-id; Headers go in the headers table; Key goes in the x-mq-key
-// header (exactly) and is the routing key (the message ID when the key is
-// empty, a SHA-256 of keys over 255 bytes). Header names starting with
-// "x-mq-", x-delivery-count and x-acquired-count, are reserved. Messages over
-// max_message_size (default 16 MiB, RabbitMQ 4's default) fail with
-// mq.ErrMessageTooLarge before anything is sent.
+// message-id; Key goes in the x-mq-key header (exactly, and empty when
+// there is none) and is the routing key (the message ID when the key is
+// empty, a SHA-256 of keys over 255 bytes); the other Headers go in the
+// headers table as strings, but for the headers named after basic
+// properties (HeaderContentType and the others), which are sent as the
+// property. Header names starting with "x-mq-", x-delivery-count and
+// x-acquired-count, are reserved. Messages over max_message_size (default
+// 16 MiB, RabbitMQ 4's default) fail with mq.ErrMessageTooLarge before
+// anything is sent.
+//
+// # Messages from other clients
+//
+// A message published by a client that knows nothing of mqkit (pika, a
+// Java service, the management UI) is read as follows:
+//
+//   - Key: the x-mq-key header when there is one, else the routing key
+//     (which is what a consistent-hash exchange hashes, so per-key order
+//     and shards follow it), except a routing key equal to the
+//     message-id, which is how mqkit before x-mq-key was always set
+//     sent a message without a key. A foreign producer whose routing
+//     keys are not keys (a topic pattern such as "orders.created") gets
+//     per-routing-key order: correct, but less concurrency; it can set
+//     x-mq-key, even to "", to say what the key is.
+//   - ID: the message-id. Without one, the ID is derived (a hash of the
+//     topic, the key, the timestamp and other properties, the headers
+//     but those starting with "x-", and the body): the same on every
+//     redelivery, but distinct messages that agree on all of it (pika
+//     sets no timestamp) share it. Such a message carries the header
+//     mq.HeaderIDNotUnique = "true", and package idempotency does not
+//     deduplicate it. Set message_id to have messages deduplicated.
+//   - Headers: every entry of the headers table, as text: strings and
+//     byte arrays as they are, integers, floats (shortest form that
+//     reads back, "NaN", "+Inf") and decimals (12.34) in decimal,
+//     booleans as true or false, timestamps in RFC 3339 (UTC), void (null,
+//     None) as "", arrays and tables as JSON (decimals as JSON numbers;
+//     byte arrays, timestamps and non-finite floats as JSON strings). The
+//     value's AMQP type is not kept: produced again through mqkit, it is
+//     a string.
+//   - Properties: each basic property set becomes a header:
+//     amqp-content-type, amqp-content-encoding, amqp-correlation-id,
+//     amqp-reply-to, amqp-type, amqp-app-id, amqp-user-id,
+//     amqp-expiration, amqp-priority (see HeaderContentType and the
+//     constants after it); a property wins over a table entry of the same
+//     name. Produced again, they are properties once more, but user-id
+//     and expiration, which stay headers (see HeaderUserID and
+//     HeaderExpiration). timestamp is Message.Timestamp; delivery-mode
+//     is not carried (mqkit publishes persistent messages).
 //
 // # Consuming
 //
@@ -131,7 +220,13 @@
 //
 // # Other methods
 //
-// Conn.Lag returns the messages waiting in a group's queues, and
-// Conn.QueueNames their names. Reach the Conn of an mq.Client with
-// client.Conn().(*rabbit.Conn).
+// Conn.Lag returns the messages waiting for a group (an error wrapping
+// mq.ErrUnknownGroup for a group without queues), Conn.Backlog the same
+// split into the group's queues and the unrouted queue, Conn.PartitionLag
+// (mq.Lagger, through Client.Lag) one entry per queue, Conn.QueueNames
+// the queues' names, and Conn.DeleteGroup (mq.GroupDeleter, through
+// Client.DeleteGroup) deletes a group's queues, refusing with
+// mq.ErrGroupActive while they have consumers. Conn.Ping implements
+// mq.Pinger. Reach the Conn of an
+// mq.Client with client.Conn().(*rabbit.Conn).
 package rabbit

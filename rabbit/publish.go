@@ -222,7 +222,7 @@ func (c *Conn) declareForPublish(ctx context.Context, pc *pubChan, topic string)
 	if c.cfg.DisableDeclare || c.pub.isDeclared(pc.conn, topic) {
 		return nil
 	}
-	if err := c.call(ctx, func(func(func()) bool) error { return c.declareExchange(pc.ch, topic) }); err != nil {
+	if err := c.call(ctx, func(func(func()) bool) error { return c.declareExchange(pc.conn, topic) }); err != nil {
 		return err
 	}
 	c.pub.setDeclared(pc.conn, topic)
@@ -359,15 +359,20 @@ func (c *Conn) publish(ctx context.Context, pc *pubChan, topic string, pubs []am
 	return nil, clean, nil
 }
 
-// toPublishing maps m onto an AMQP message: ID to message-id, Key and
-// Headers to the headers table.
+// toPublishing maps m onto an AMQP message: ID to message-id, Key to the
+// x-mq-key header (also when empty, so that consumers know the routing
+// key is not the key), the property headers (see HeaderContentType) to
+// their properties, the other Headers to the headers table as strings.
 func toPublishing(m *mq.Message, now time.Time) (amqp.Publishing, error) {
 	if len(m.ID) > 255 {
 		return amqp.Publishing{}, fmt.Errorf("%w: message ID is %d bytes; AMQP's message-id holds at most 255", mq.ErrInvalidMessage, len(m.ID))
 	}
-	var h amqp.Table
-	if len(m.Headers) > 0 || m.Key != "" {
-		h = make(amqp.Table, len(m.Headers)+1)
+	p := amqp.Publishing{
+		Headers:      make(amqp.Table, len(m.Headers)+1),
+		DeliveryMode: amqp.Persistent,
+		MessageId:    m.ID,
+		Timestamp:    now,
+		Body:         m.Body,
 	}
 	for k, v := range m.Headers {
 		switch {
@@ -376,18 +381,16 @@ func toPublishing(m *mq.Message, now time.Time) (amqp.Publishing, error) {
 		case strings.HasPrefix(k, reservedPrefix) || k == headerDeliveryCount || k == headerAcquiredCount:
 			return amqp.Publishing{}, fmt.Errorf("%w: message %s: header %q is reserved by the rabbit backend", mq.ErrInvalidMessage, m.ID, k)
 		}
-		h[k] = v
+		prop, err := setProperty(&p, k, v)
+		if err != nil {
+			return amqp.Publishing{}, fmt.Errorf("%w: message %s: %w", mq.ErrInvalidMessage, m.ID, err)
+		}
+		if !prop {
+			p.Headers[k] = v
+		}
 	}
-	if m.Key != "" {
-		h[headerKey] = m.Key
-	}
-	return amqp.Publishing{
-		Headers:      h,
-		DeliveryMode: amqp.Persistent,
-		MessageId:    m.ID,
-		Timestamp:    now,
-		Body:         m.Body,
-	}, nil
+	p.Headers[headerKey] = m.Key
+	return p, nil
 }
 
 // routingKey is the message's key, or its ID when the key is empty (so a

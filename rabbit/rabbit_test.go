@@ -311,8 +311,8 @@ func TestUnroutedKept(t *testing.T) {
 		}
 		return q.Messages == 2
 	})
-	// A group created later gets later messages only; the name of the
-	// unrouted queue is not a group's.
+	// The name of the unrouted queue is not a group's (that the first
+	// group gets these messages is TestUnroutedHandedToFirstGroup).
 	if _, err := c.Consumer(ctx, topic, mq.WithGroup("unrouted")); err == nil || !strings.Contains(err.Error(), "reserved") {
 		t.Errorf("Consumer with group \"unrouted\" = %v, want an error saying the name is reserved", err)
 	}

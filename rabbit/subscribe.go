@@ -89,15 +89,11 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 			return nil, fmt.Errorf("rabbit: subscribe: %w (last failure: %w)", err, unavailable(lastErr))
 		}
 	}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	if c.isClosed() || !c.subs.Add(s) {
 		ss.retire()
 		s.cancel()
 		return nil, mq.ErrClosed
 	}
-	c.subs[s] = struct{}{}
-	c.mu.Unlock()
 	s.wg.Add(1)
 	go s.run(ss)
 	return s, nil
@@ -203,7 +199,7 @@ func (s *subscription) connect(ctx context.Context) (*session, error) {
 			return fmt.Errorf("rabbit: open channel: %w", err)
 		}
 		next := newSession(ch, s.c.cfg.Shards)
-		next.queues, err = s.c.declareGroup(ch, s.topic, s.group)
+		next.queues, err = s.c.declareGroup(ctx, conn, ch, s.topic, s.group)
 		if err == nil {
 			if err = ch.Qos(s.prefetch, 0, false); err != nil {
 				err = fmt.Errorf("rabbit: set prefetch %d: %w", s.prefetch, err)
@@ -336,8 +332,8 @@ func (s *subscription) Close() error {
 		s.mu.Unlock()
 		s.cancel()
 		s.wg.Wait()
+		s.c.subs.Remove(s)
 		s.c.mu.Lock()
-		delete(s.c.subs, s)
 		for m, d := range s.c.live {
 			if d.s == s {
 				delete(s.c.live, m)

@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-
-	"github.com/mqkit/mq"
 )
 
 // Names of the broker objects of a topic and a group.
@@ -39,8 +38,21 @@ func (c *Conn) QueueNames(topic, group string) []string {
 func shardExchange(topic, group string) string { return topic + "." + group + ".shards" }
 
 // declareExchange declares the topic's exchange and, unless disabled, the
-// alternate exchange and queue that keep messages no group receives.
-func (c *Conn) declareExchange(ch *amqp.Channel, topic string) error {
+// alternate exchange and queue that keep messages no group receives. It
+// works on channels of its own, since the broker closes a channel that
+// declares an existing exchange with other arguments.
+//
+// An exchange declared already without mqkit's alternate exchange (by
+// another client, or with unrouted=error) is used as it is: messages no
+// group receives then fail Produce with ErrUnroutable (or go to that
+// exchange's own alternate exchange), which is logged once. Any other
+// difference (type, durability) is an error that names it.
+func (c *Conn) declareExchange(conn *amqp.Connection, topic string) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("rabbit: open channel: %w", err)
+	}
+	defer func() { _ = ch.Close() }()
 	var args amqp.Table
 	if !c.cfg.DisableUnroutedQueue {
 		ae := unroutedName(topic)
@@ -58,10 +70,52 @@ func (c *Conn) declareExchange(ch *amqp.Channel, topic string) error {
 		}
 		args = amqp.Table{"alternate-exchange": ae}
 	}
-	if err := ch.ExchangeDeclare(topic, c.cfg.ExchangeType, true, false, false, false, args); err != nil {
-		return fmt.Errorf("rabbit: declare exchange %q (type %s): %w", topic, c.cfg.ExchangeType, err)
+	err = ch.ExchangeDeclare(topic, c.cfg.ExchangeType, true, false, false, false, args)
+	if err == nil {
+		return nil
 	}
+	arg, reason := inequivalentArg(err)
+	switch arg {
+	case "":
+		return fmt.Errorf("rabbit: declare exchange %q (type %s): %w", topic, c.cfg.ExchangeType, err)
+	case "alternate-exchange":
+	default:
+		return fmt.Errorf("rabbit: exchange %q exists with another %s than this connection declares (type %s, durable; see the package documentation, \"Sharing exchanges with other clients\"): %w",
+			topic, arg, c.cfg.ExchangeType, err)
+	}
+	ch2, err2 := conn.Channel()
+	if err2 != nil {
+		return fmt.Errorf("rabbit: open channel: %w", err2)
+	}
+	defer func() { _ = ch2.Close() }()
+	if err2 := ch2.ExchangeDeclarePassive(topic, c.cfg.ExchangeType, true, false, false, false, nil); err2 != nil {
+		return fmt.Errorf("rabbit: check exchange %q after %w: %w", topic, err, err2)
+	}
+	c.logOnce("exchange "+topic, "rabbit: the exchange exists with another alternate exchange than mqkit's (declared by another client?); "+
+		"using it as it is: a message produced while the topic has no consumer group is not kept in the unrouted queue "+
+		"but fails Produce with ErrUnroutable (or goes to the exchange's own alternate exchange)",
+		"exchange", topic, "broker", reason)
 	return nil
+}
+
+// inequivalentArg returns the argument named by a PRECONDITION_FAILED
+// "inequivalent arg 'NAME' ..." error, and the broker's text.
+func inequivalentArg(err error) (arg, reason string) {
+	var ae *amqp.Error
+	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
+		return "", ""
+	}
+	const marker = "inequivalent arg '"
+	i := strings.Index(ae.Reason, marker)
+	if i < 0 {
+		return "", ae.Reason
+	}
+	rest := ae.Reason[i+len(marker):]
+	j := strings.IndexByte(rest, '\'')
+	if j < 0 {
+		return "", ae.Reason
+	}
+	return rest[:j], ae.Reason
 }
 
 // queueArgs returns the arguments of a group queue.
@@ -91,8 +145,11 @@ func (c *Conn) bindingKey() string {
 }
 
 // declareGroup declares (or, with DisableDeclare, checks) the topology
-// of group on topic and returns the group's queues.
-func (c *Conn) declareGroup(ch *amqp.Channel, topic, group string) ([]string, error) {
+// of group on topic on ch, a channel of conn, and returns the group's
+// queues. The messages kept in the topic's unrouted queue are handed to
+// the group before its queues are bound to the topic (see handOver), so
+// they come before those produced afterwards.
+func (c *Conn) declareGroup(ctx context.Context, conn *amqp.Connection, ch *amqp.Channel, topic, group string) ([]string, error) {
 	queues := c.QueueNames(topic, group)
 	for _, q := range queues {
 		if err := checkName("queue", q); err != nil {
@@ -107,7 +164,7 @@ func (c *Conn) declareGroup(ch *amqp.Channel, topic, group string) ([]string, er
 		}
 		return queues, nil
 	}
-	if err := c.declareExchange(ch, topic); err != nil {
+	if err := c.declareExchange(conn, topic); err != nil {
 		return nil, err
 	}
 	if dlx := c.cfg.DeadLetterExchange; dlx != "" {
@@ -123,6 +180,7 @@ func (c *Conn) declareGroup(ch *amqp.Channel, topic, group string) ([]string, er
 	}
 	sharded := len(queues) > 1
 	source, key := topic, c.bindingKey()
+	target := handOverTarget{group: group, queue: queues[0]}
 	if sharded {
 		// topic -> consistent-hash exchange -> one queue per shard.
 		sx := shardExchange(topic, group)
@@ -136,10 +194,8 @@ func (c *Conn) declareGroup(ch *amqp.Channel, topic, group string) ([]string, er
 			}
 			return nil, fmt.Errorf("rabbit: declare exchange %q: %w", sx, err)
 		}
-		if err := ch.ExchangeBind(sx, key, topic, false, nil); err != nil {
-			return nil, fmt.Errorf("rabbit: bind exchange %q to %q: %w", sx, topic, err)
-		}
 		source, key = sx, "1" // the binding key of a hash exchange is the weight
+		target = handOverTarget{group: group, exchange: sx}
 	}
 	for _, q := range queues {
 		if _, err := ch.QueueDeclare(q, true, false, false, false, c.queueArgs(sharded, true)); err != nil {
@@ -149,48 +205,21 @@ func (c *Conn) declareGroup(ch *amqp.Channel, topic, group string) ([]string, er
 			return nil, fmt.Errorf("rabbit: bind queue %q to %q: %w", q, source, err)
 		}
 	}
-	return queues, nil
-}
-
-// Lag returns the number of messages ready for delivery (not counting
-// those delivered and not yet acknowledged) in the queues of group on
-// topic, from a passive queue.declare. The queues must exist: otherwise the
-// error wraps ErrNotFound. When the broker cannot be reached (within
-// Config.ReconnectTimeout) the error wraps mq.ErrUnavailable.
-func (c *Conn) Lag(ctx context.Context, topic, group string) (int, error) {
-	if c.isClosed() {
-		return 0, mq.ErrClosed
+	// Messages kept before the group existed go first; then the binding
+	// to the topic; then those that slipped into the unrouted queue
+	// while it was being made.
+	if err := c.handOver(ctx, conn, topic, target); err != nil {
+		return nil, err
 	}
-	// On the consuming connection: the broker never blocks it, as it
-	// publishes nothing.
-	o := c.newOutage(c.sub)
-	cctx, cancel := o.connectCtx(ctx)
-	conn, err := c.sub.get(cctx)
-	err = o.connectErr(ctx, cctx, err)
-	cancel()
-	if err != nil {
-		return 0, unavailable(err)
-	}
-	total := 0
-	err = c.call(ctx, func(commit func(func()) bool) error {
-		n := 0
-		for _, q := range c.QueueNames(topic, group) {
-			ch, err := conn.Channel()
-			if err != nil {
-				return fmt.Errorf("rabbit: open channel: %w", err)
-			}
-			qi, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
-			_ = ch.Close()
-			if err != nil {
-				return describe(fmt.Errorf("rabbit: inspect queue %q: %w", q, err), fmt.Sprintf("queue %q", q))
-			}
-			n += qi.Messages
+	if sharded {
+		if err := ch.ExchangeBind(target.exchange, c.bindingKey(), topic, false, nil); err != nil {
+			return nil, fmt.Errorf("rabbit: bind exchange %q to %q: %w", target.exchange, topic, err)
 		}
-		commit(func() { total = n })
-		return nil
-	})
-	if err != nil {
-		return 0, unavailable(err)
+	} else if err := ch.QueueBind(queues[0], key, topic, false, nil); err != nil {
+		return nil, fmt.Errorf("rabbit: bind queue %q to %q: %w", queues[0], topic, err)
 	}
-	return total, nil
+	if err := c.handOver(ctx, conn, topic, target); err != nil {
+		return nil, err
+	}
+	return queues, nil
 }

@@ -30,6 +30,7 @@ func TestParseURL(t *testing.T) {
 		// amqp091's own parameters stay in the URL for it.
 		{"amqp://h/?heartbeat=5&connection_timeout=2000&shards=2", rabbit.Config{URL: "amqp://h/?connection_timeout=2000&heartbeat=5", Shards: 2}},
 		{"amqp://h/vhost?declare=true&unrouted=keep", rabbit.Config{URL: "amqp://h/vhost"}},
+		{"amqp://h/?unrouted=hold", rabbit.Config{URL: "amqp://h/", HoldUnrouted: true}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.url, func(t *testing.T) {
@@ -52,11 +53,12 @@ func TestParseURLErrors(t *testing.T) {
 		url      string
 		mentions string
 	}{
-		{"amqp://u:" + secret + "@h/?colour=blue", `unknown parameter "colour"`},
+		{"amqp://u:" + secret + "@h/?colour=blue", `parameter "colour"`},
 		{"amqp://u:" + secret + "@h/?queue_type=stream", "queue_type"},
 		{"amqp://u:" + secret + "@h/?exchange_type=direct", "exchange_type"},
 		{"amqp://u:" + secret + "@h/?declare=maybe", "declare"},
 		{"amqp://u:" + secret + "@h/?unrouted=drop", "unrouted"},
+		{"amqp://u:" + secret + "@h/?unrouted=drop", "keep, hold or error"},
 		{"amqp://u:" + secret + "@h/?shards=0", "shards"},
 		{"amqp://u:" + secret + "@h/?shards=x", "shards"},
 		{"amqp://u:" + secret + "@h/?delivery_limit=3", "queue_type=quorum"},
