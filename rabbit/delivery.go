@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/mqkit/mq"
@@ -13,6 +14,7 @@ import (
 type delivery struct {
 	s      *subscription
 	ss     *session
+	queue  string // the queue it came from
 	tag    uint64
 	msg    *mq.Message
 	reject atomic.Bool // set by DeadLetter: Ack rejects to the DLX
@@ -20,6 +22,12 @@ type delivery struct {
 
 // errLost is the reason an Ack of a lost delivery fails.
 var errLost = errors.New("its channel closed since delivery, so the broker delivers it again")
+
+// Position implements mq.Positioner: the queue and the channel's delivery
+// tag.
+func (d *delivery) Position() (partition, offset string) {
+	return d.queue, strconv.FormatUint(d.tag, 10)
+}
 
 // Message implements mq.Delivery.
 func (d *delivery) Message() *mq.Message { return d.msg }

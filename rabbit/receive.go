@@ -52,7 +52,7 @@ func (s *subscription) pause() {
 const takeoverGrace = 250 * time.Millisecond
 
 // forward hands one consumer's deliveries to Receive, in order.
-func (s *subscription) forward(ss *session, src <-chan amqp.Delivery) {
+func (s *subscription) forward(ss *session, queue string, src <-chan amqp.Delivery) {
 	defer s.wg.Done()
 	first := true
 	for d := range src {
@@ -61,7 +61,7 @@ func (s *subscription) forward(ss *session, src <-chan amqp.Delivery) {
 		}
 		first = false
 		select {
-		case s.out <- &delivery{s: s, ss: ss, tag: d.DeliveryTag, msg: s.toMessage(&d)}:
+		case s.out <- &delivery{s: s, ss: ss, queue: queue, tag: d.DeliveryTag, msg: s.toMessage(&d)}:
 		case <-s.stop:
 			return
 		}

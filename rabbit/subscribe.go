@@ -250,7 +250,7 @@ func (s *subscription) consumeLocked(ss *session) error {
 		}
 		r.tags = append(r.tags, tag)
 		s.wg.Add(1)
-		go s.forward(ss, d)
+		go s.forward(ss, q, d)
 	}
 	return nil
 }
