@@ -83,6 +83,8 @@ type Conn struct {
 
 	tags atomic.Uint64 // numbers consumer tags
 
+	pinging atomic.Bool // a Ping's round trip is unanswered
+
 	bg sync.WaitGroup // calls abandoned to a blocked or hung broker
 }
 

@@ -242,7 +242,31 @@ func (c *Conn) Ping(ctx context.Context) error {
 	if conn.IsClosed() {
 		return fmt.Errorf("rabbit: connection to %s closed: %w", c.redacted, mq.ErrUnavailable)
 	}
-	return nil
+	// One round trip (channel.open/close): an open TCP connection to a
+	// hung broker answers nothing. amqp091 takes no context, so the call
+	// runs apart, and while one is unanswered no other starts: a probe
+	// every second cannot pile up calls on a hung broker.
+	if !c.pinging.CompareAndSwap(false, true) {
+		return fmt.Errorf("rabbit: %s has not answered the last ping: %w", c.redacted, mq.ErrUnavailable)
+	}
+	done := make(chan error, 1)
+	go func() {
+		defer c.pinging.Store(false)
+		ch, err := conn.Channel()
+		if err == nil {
+			err = ch.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return unavailable(fmt.Errorf("rabbit: ping %s: %w", c.redacted, err))
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("rabbit: ping %s: %w: %w", c.redacted, mq.ErrUnavailable, ctx.Err())
+	}
 }
 
 var (

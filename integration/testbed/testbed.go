@@ -357,13 +357,9 @@ func (b *Broker) waitReady(ctx context.Context) error {
 // do not cover (Exec, Inspect, ...).
 func (b *Broker) Container() testcontainers.Container { return b.ctr }
 
-// Restart stops the container (gracefully, then killed after a timeout),
-// starts the same container again and waits until the broker serves
-// clients. The address stays the same; what the broker keeps on disk
-// (RabbitMQ durable queues and persistent messages, Kafka topics and
-// offsets, Redis streams and groups from its fsync-always append-only
-// file) survives.
-func (b *Broker) Restart(ctx context.Context) error {
+// Stop stops the broker's container (gracefully, then killed after a
+// timeout), as an outage; Start brings it back.
+func (b *Broker) Stop(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.unpauseIfPaused(ctx); err != nil {
@@ -374,15 +370,36 @@ func (b *Broker) Restart(ctx context.Context) error {
 	}
 	timeout := b.spec.stopTimeout
 	if err := b.ctr.Stop(ctx, &timeout); err != nil {
-		return b.withLogs(ctx, fmt.Errorf("restart %s: stop: %w", b.Kind, err))
-	}
-	if err := b.ctr.Start(ctx); err != nil {
-		return b.withLogs(ctx, fmt.Errorf("restart %s: start: %w", b.Kind, err))
-	}
-	if err := b.waitReady(ctx); err != nil {
-		return b.withLogs(ctx, fmt.Errorf("restart %s: %w", b.Kind, err))
+		return b.withLogs(ctx, fmt.Errorf("stop %s: %w", b.Kind, err))
 	}
 	return nil
+}
+
+// Start starts a container stopped by Stop and waits until the broker
+// serves clients, at the same address.
+func (b *Broker) Start(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.ctr.Start(ctx); err != nil {
+		return b.withLogs(ctx, fmt.Errorf("start %s: %w", b.Kind, err))
+	}
+	if err := b.waitReady(ctx); err != nil {
+		return b.withLogs(ctx, fmt.Errorf("start %s: %w", b.Kind, err))
+	}
+	return nil
+}
+
+// Restart stops the container (gracefully, then killed after a timeout),
+// starts the same container again and waits until the broker serves
+// clients. The address stays the same; what the broker keeps on disk
+// (RabbitMQ durable queues and persistent messages, Kafka topics and
+// offsets, Redis streams and groups from its fsync-always append-only
+// file) survives.
+func (b *Broker) Restart(ctx context.Context) error {
+	if err := b.Stop(ctx); err != nil {
+		return err
+	}
+	return b.Start(ctx)
 }
 
 // Pause freezes every process of the broker (docker pause): connections
