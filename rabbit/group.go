@@ -225,8 +225,9 @@ func (c *Conn) PartitionLag(ctx context.Context, topic, group string) ([]mq.Part
 }
 
 // Ping implements mq.Pinger: it returns nil when the publishing
-// connection is open or can be dialed within ctx and
-// Config.ReconnectTimeout, and an error wrapping mq.ErrUnavailable
+// connection is open (or can be dialed within ctx and
+// Config.ReconnectTimeout) and the broker answers a channel open and
+// close on it within ctx, and an error wrapping mq.ErrUnavailable
 // otherwise.
 func (c *Conn) Ping(ctx context.Context) error {
 	if c.isClosed() {
