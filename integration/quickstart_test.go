@@ -14,7 +14,7 @@ import (
 // passed in instead of read from MQ_URL, the topic ("orders" there) made
 // unique per run on a shared broker, and bill supplied by the test.
 func quickStart(ctx context.Context, url, orders string, bill func(context.Context, []byte) error) error {
-	c, err := mq.Open(ctx, url) // e.g. kafka://k1:9092/?group=billing
+	c, err := mq.Open(ctx, url) // e.g. kafka://k1:9092/?group=billing&create_topics=true
 	if err != nil {
 		return err
 	}
