@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/mqkit/mq/internal/backoff"
@@ -142,7 +140,7 @@ type dispatcher struct {
 	hctx context.Context // handlers' context: not cancelled until the shutdown timeout
 	actx context.Context // acks' context: never cancelled by shutdown
 
-	info     *DeliveryInfo // the consumer's part of every DeliveryInfo; nil: no consume middleware, none recorded
+	info *DeliveryInfo // the consumer's part of every DeliveryInfo; nil: no consume middleware, none recorded
 
 	room     chan struct{} // a token when in-flight drops below the bound
 	stopping chan struct{} // closed when shutdown begins; seen by handlers through ShuttingDown
@@ -169,15 +167,11 @@ type scope struct {
 	lost   <-chan struct{}
 	ctx    context.Context // handlers' context for its deliveries: cancelled when lost
 	cancel context.CancelFunc
-	gone   atomic.Bool // lost: never ack, never retry; set under d.mu
 }
 
-// isLost reports whether the scope's ownership ended: lose ran, or the
-// channel closed and its watcher has yet to run lose.
+// isLost reports whether the scope's ownership ended: its channel is
+// closed (lose may not have run yet).
 func (sc *scope) isLost() bool {
-	if sc.gone.Load() {
-		return true
-	}
 	select {
 	case <-sc.lost:
 		return true
@@ -222,7 +216,7 @@ type task struct {
 	m        *Message
 	sc       *scope // nil: never lost
 	retries  int
-	received time.Time // when submitted; only with d.info
+	received int64 // when submitted (Unix nanoseconds); only with d.info
 }
 
 func newDispatcher(h Handler, sub Subscription, o options) *dispatcher {
@@ -264,16 +258,6 @@ func (d *dispatcher) popReady() *keyQueue {
 	}
 	q.state = queueRunning
 	return q
-}
-
-// unready takes q out of the ready list. d.mu is held.
-func (d *dispatcher) unready(q *keyQueue) {
-	if i := slices.Index(d.ready[d.readyHead:], q); i >= 0 {
-		d.ready = slices.Delete(d.ready, d.readyHead+i, d.readyHead+i+1)
-		if d.readyHead == len(d.ready) {
-			d.ready, d.readyHead = d.ready[:0], 0
-		}
-	}
 }
 
 // newQueue returns an empty queue for key, linked into the live ring. d.mu
@@ -412,11 +396,12 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 func (d *dispatcher) submit(dl Delivery) {
 	t := task{d: dl, m: dl.Message()}
 	if d.info != nil {
-		t.received = time.Now()
+		t.received = time.Now().UnixNano()
 	}
+	lost := dl.Lost() // driver code: not under d.mu
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if lost := dl.Lost(); lost != nil {
+	if lost != nil {
 		t.sc = d.scopeLocked(lost)
 	}
 	d.outstanding++
@@ -472,17 +457,34 @@ func (d *dispatcher) scopeLocked(lost <-chan struct{}) *scope {
 // their handler returns (runTask).
 func (d *dispatcher) lose(sc *scope) {
 	d.mu.Lock()
-	sc.gone.Store(true)
 	sc.cancel()
 	delete(d.scopes, sc.lost)
 	if d.lastScope == sc {
 		d.lastScope = nil
 	}
 	var dropped []Delivery
+	unready := false
 	for q := d.live.next; q != &d.live; {
 		next := q.next
-		dropped = d.dropLocked(q, sc, dropped)
+		var emptied bool
+		dropped, emptied = d.dropLocked(q, sc, dropped)
+		unready = unready || emptied
 		q = next
+	}
+	if unready {
+		// Released queues leave the ready list in one pass.
+		n := d.readyHead
+		for _, q := range d.ready[d.readyHead:] {
+			if q.prev != nil { // still live
+				d.ready[n] = q
+				n++
+			}
+		}
+		clear(d.ready[n:])
+		d.ready = d.ready[:n]
+		if d.readyHead == len(d.ready) {
+			d.ready, d.readyHead = d.ready[:0], 0
+		}
 	}
 	d.outstanding -= len(dropped)
 	wake := d.waitRoom && len(dropped) > 0
@@ -506,8 +508,10 @@ func (d *dispatcher) lose(sc *scope) {
 }
 
 // dropLocked removes sc's tasks from q, except a running head, and
-// appends their deliveries to dropped. d.mu is held.
-func (d *dispatcher) dropLocked(q *keyQueue, sc *scope, dropped []Delivery) []Delivery {
+// appends their deliveries to dropped. It reports whether it released a
+// queue that was in the ready list (the caller takes it out). d.mu is
+// held.
+func (d *dispatcher) dropLocked(q *keyQueue, sc *scope, dropped []Delivery) (_ []Delivery, unready bool) {
 	start := q.head
 	if q.state == queueRunning {
 		start++ // settled by runTask when its handler returns
@@ -524,7 +528,7 @@ func (d *dispatcher) dropLocked(q *keyQueue, sc *scope, dropped []Delivery) []De
 		n++
 	}
 	if n == len(q.tasks) {
-		return dropped
+		return dropped, false
 	}
 	clear(q.tasks[n:])
 	q.tasks = q.tasks[:n]
@@ -534,10 +538,8 @@ func (d *dispatcher) dropLocked(q *keyQueue, sc *scope, dropped []Delivery) []De
 	}
 	switch {
 	case q.head == len(q.tasks):
-		if q.state == queueReady {
-			d.unready(q)
-		}
-		d.releaseQueue(q)
+		unready = q.state == queueReady
+		d.releaseQueue(q) // unlinks it: prev is nil from now on
 	case headDropped && q.state == queueWaiting:
 		if d.stopped {
 			q.state = queueParked
@@ -545,7 +547,7 @@ func (d *dispatcher) dropLocked(q *keyQueue, sc *scope, dropped []Delivery) []De
 			d.pushReady(q)
 		}
 	}
-	return dropped
+	return dropped, unready
 }
 
 func (d *dispatcher) work() {
@@ -630,7 +632,7 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 // withInfo returns ctx carrying the DeliveryInfo of one handler call of t.
 func (d *dispatcher) withInfo(ctx context.Context, t task) context.Context {
 	info := *d.info
-	info.Received = t.received
+	info.Received = time.Unix(0, t.received)
 	if p, ok := t.d.(Positioner); ok {
 		info.Partition, info.Offset = p.Position()
 	}

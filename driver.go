@@ -95,13 +95,21 @@ type Delivery interface {
 	// return the same channel. Nil means the delivery is never lost while
 	// the subscription is open.
 	//
-	// Once Lost is closed the portable layer never acknowledges the
-	// delivery nor hands it to the handler again: it cancels the context
-	// of a handler still running it, drops it and every delivery of the
-	// same channel still queued or waiting for a retry, and settles each
-	// of them with Nack exactly once (when the handler returns, for a
-	// running one). A driver's Nack of a lost delivery only gives it up:
+	// Once Lost is closed the portable layer cancels the context of a
+	// handler still running the delivery, drops it and every delivery of
+	// the same channel still queued or waiting for a retry, and settles
+	// each of them with Nack exactly once (when the handler returns, for a
+	// running one): a delivery whose channel closed before its handler
+	// started or returned is never handed to the handler again nor
+	// acknowledged. An Ack already under way can still race with the
+	// close: a driver for which a late Ack would do harm checks ownership
+	// in Ack itself. A driver's Nack of a lost delivery only gives it up:
 	// the message's new owner delivers it again.
+	//
+	// A delivery returns the same channel every time. Each distinct
+	// channel costs the portable layer a goroutine and a context until it
+	// closes or Consume returns, so a driver shares one channel between
+	// all the deliveries of one right, and closes it when that right ends.
 	Lost() <-chan struct{}
 }
 

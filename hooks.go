@@ -17,8 +17,10 @@ type ProduceFunc func(ctx context.Context, topic string, msgs []*Message) error
 // ProduceMiddleware wraps the sending of every Produce call of a client's
 // producers, the way Middleware wraps a Handler: to start a span and put
 // its trace context into the messages' headers, to count and time sends.
-// It runs after the IDs were assigned and the portable checks passed. It
-// may add headers to the messages; it must not keep them after it returns.
+// It runs after the IDs were assigned, on copies of the caller's messages
+// with their own Headers maps, so it may add headers (a trace context)
+// without touching the caller's maps; the size limit is checked after it.
+// It must not keep the messages after it returns.
 type ProduceMiddleware func(next ProduceFunc) ProduceFunc
 
 // WithProduceMiddleware adds middleware around the sends of the producers
@@ -70,8 +72,9 @@ type DeliveryInfo struct {
 	// backend tells it (see Positioner); empty otherwise.
 	Partition, Offset string
 	// Received is when the consumer received the delivery from the
-	// backend; the time the message waited in the consumer since is the
-	// handler's start time minus Received.
+	// backend, once per delivery: for an in-process retry it is still
+	// the first receipt, so the time since includes earlier attempts and
+	// their backoff.
 	Received time.Time
 
 	outcome Outcome
@@ -79,8 +82,10 @@ type DeliveryInfo struct {
 
 // Outcome is what became of a handled message, as a middleware that
 // decided it reports with SetOutcome, for metrics and logs. The empty
-// Outcome means the handler's result tells: nil acknowledged, an error
-// retried.
+// Outcome means the handler's result tells: nil is to be acknowledged, an
+// error retried. The consumer may still give the message back instead:
+// when its ownership was lost meanwhile (the handler's context is then
+// cancelled with its Lost channel) or it is shutting down.
 type Outcome string
 
 // Outcomes reported by the SDK's middleware.

@@ -119,3 +119,36 @@ func TestNoDeliveryInfoWithoutHooks(t *testing.T) {
 		return nil
 	}))
 }
+
+// TestProduceMiddlewareGetsCopies: produce middleware writes headers into
+// copies, never into the caller's (possibly shared) Headers maps, and the
+// size limit counts what it added.
+func TestProduceMiddlewareGetsCopies(t *testing.T) {
+	ctx := context.Background()
+	tag := func(next mq.ProduceFunc) mq.ProduceFunc {
+		return func(ctx context.Context, topic string, msgs []*mq.Message) error {
+			for _, m := range msgs {
+				m.SetHeader("traceparent", "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01")
+			}
+			return next(ctx, topic, msgs)
+		}
+	}
+	c, err := mq.Open(ctx, "mem://", mq.WithProduceMiddleware(tag))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	shared := map[string]string{"tenant": "t1"}
+	a, b := &mq.Message{Headers: shared}, &mq.Message{Headers: shared}
+	if err := c.Producer().Produce(ctx, "t", a, b); err != nil {
+		t.Fatal(err)
+	}
+	if len(shared) != 1 || a.ID == "" || b.ID == "" {
+		t.Fatalf("caller's map %v, IDs %q %q: want the map untouched and IDs assigned", shared, a.ID, b.ID)
+	}
+	small := c.Producer(mq.WithMaxMessageBytes(60))
+	err = small.Produce(ctx, "t", &mq.Message{ID: "x", Body: []byte("fits without the trace header")})
+	if !errors.Is(err, mq.ErrMessageTooLarge) {
+		t.Fatalf("a message the middleware made too large: %v, want ErrMessageTooLarge", err)
+	}
+}

@@ -3,13 +3,15 @@ package mq
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync/atomic"
 )
 
 type producer struct {
 	client *Client
 	limit  int         // the smaller of WithMaxMessageBytes and the backend's limit; 0: none
-	send   ProduceFunc // the backend's Send inside the produce middleware
+	send   ProduceFunc // the size check and the backend's Send, inside the produce middleware
+	copies bool        // produce middleware is installed: it gets copies of the messages
 	closed atomic.Bool
 }
 
@@ -22,7 +24,22 @@ func newProducer(c *Client, o options) *producer {
 			limit = bl
 		}
 	}
-	return &producer{client: c, limit: limit, send: chainProduce(c.conn.Send, o.produceMW)}
+	p := &producer{client: c, limit: limit, copies: len(o.produceMW) > 0}
+	p.send = chainProduce(p.checkedSend, o.produceMW)
+	return p
+}
+
+// checkedSend checks the size limit, after any produce middleware added
+// its headers, and sends.
+func (p *producer) checkedSend(ctx context.Context, topic string, msgs []*Message) error {
+	if p.limit > 0 {
+		for _, m := range msgs {
+			if n := m.Size(); n > p.limit {
+				return fmt.Errorf("%w: message %s is %d bytes, the limit is %d", ErrMessageTooLarge, m.ID, n, p.limit)
+			}
+		}
+	}
+	return p.client.conn.Send(ctx, topic, msgs)
 }
 
 // Size returns the bytes m takes on the wire before backend framing: body,
@@ -45,7 +62,6 @@ func (p *producer) Produce(ctx context.Context, topic string, msgs ...*Message) 
 	if len(msgs) == 0 {
 		return nil
 	}
-	limit := p.limit
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("%w: message %d of %d is nil", ErrInvalidMessage, i+1, len(msgs))
@@ -53,13 +69,20 @@ func (p *producer) Produce(ctx context.Context, topic string, msgs ...*Message) 
 		if m.ID == "" {
 			m.ID = NewID()
 		}
-		if limit > 0 {
-			if n := m.Size(); n > limit {
-				return fmt.Errorf("%w: message %s is %d bytes, the limit is %d", ErrMessageTooLarge, m.ID, n, limit)
-			}
+	}
+	send := msgs
+	if p.copies {
+		// Middleware may add headers: to copies, so a caller's Headers
+		// map (shared between messages, or goroutines) is never written.
+		send = make([]*Message, len(msgs))
+		cp := make([]Message, len(msgs))
+		for i, m := range msgs {
+			cp[i] = *m
+			cp[i].Headers = maps.Clone(m.Headers)
+			send[i] = &cp[i]
 		}
 	}
-	if err := p.send(ctx, topic, msgs); err != nil {
+	if err := p.send(ctx, topic, send); err != nil {
 		return fmt.Errorf("mq: produce to %q: %w", topic, err)
 	}
 	return nil
