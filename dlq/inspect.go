@@ -84,11 +84,15 @@ func WithMaxScan(n int) Option { return func(o *options) { o.maxScan = n } }
 //
 // List is a peek: it reads through InspectGroup without acknowledging
 // anything and then leaves the group, which returns every dead letter it
-// read to the broker in place. It publishes nothing, so other consumers of
-// the topic see no change. On a backend whose returned deliveries become
-// visible again only after a delay (Redis Streams reclaims them after the
-// backend's claim idle time), a List or Redrive run right after a List may
-// not see them until then.
+// read to the broker in place, for the next List or Redrive to see at
+// once (on Redis Streams they stay pending in the group, handed back as
+// idle for the claim idle time, so the next reader claims them first). It
+// publishes nothing, so other consumers of the topic see no change. Only
+// a List that dies without leaving the group (its process killed) hides
+// what it read until the broker returns it: after the session timeout on
+// Kafka, at once on RabbitMQ (the channel closes), after claim_idle on
+// Redis. Delivery counts the broker keeps for InspectGroup grow with each
+// List; the dead letters' own headers do not change.
 func List(ctx context.Context, c *mq.Client, dlqTopic string, limit int, opts ...Option) (letters []*mq.Message, err error) {
 	o, err := newOptions(opts)
 	if err != nil {

@@ -33,7 +33,7 @@ func TestEncodeDecode(t *testing.T) {
 	}
 	for _, m := range tests {
 		t.Run(m.ID, func(t *testing.T) {
-			got := decode("topic", redis.XMessage{ID: "1700000000000-5", Values: values(encode(m))})
+			got := decode("topic", "topic", redis.XMessage{ID: "1700000000000-5", Values: values(encode(m))})
 			if got.ID != m.ID || got.Key != m.Key || !bytes.Equal(got.Body, m.Body) || got.Topic != "topic" || got.Attempt != 1 {
 				t.Errorf("got %+v, want %+v", got, m)
 			}
@@ -50,24 +50,41 @@ func TestEncodeDecode(t *testing.T) {
 	}
 }
 
+// TestDecodeForeign pins how entries that other programs wrote, not in the
+// SDK's encoding, become messages: the entry ID is the message ID, an id
+// field is a header, and a value is never dropped for want of a body
+// field.
 func TestDecodeForeign(t *testing.T) {
 	tests := []struct {
 		name   string
+		stream string
 		values map[string]any
 		want   mq.Message
 	}{
-		{"body only", map[string]any{"body": "hello"}, mq.Message{ID: "5-1", Body: []byte("hello")}},
-		{"no fields", map[string]any{}, mq.Message{ID: "5-1"}},
-		{"nil values", nil, mq.Message{ID: "5-1"}},
-		{"other fields become headers", map[string]any{"body": "b", "source": "cli", "h:source": "sdk"},
+		{"body only", "t", map[string]any{"body": "hello"}, mq.Message{ID: "5-1", Body: []byte("hello")}},
+		{"no fields", "t", map[string]any{}, mq.Message{ID: "5-1"}},
+		{"nil values", "t", nil, mq.Message{ID: "5-1"}},
+		{"key and body", "t", map[string]any{"key": "k", "body": "b"}, mq.Message{ID: "5-1", Key: "k", Body: []byte("b")}},
+		{"empty id field", "t", map[string]any{"id": "", "body": "b"},
+			mq.Message{ID: "5-1", Body: []byte("b"), Headers: map[string]string{"id": ""}}},
+		{"other fields become headers", "t", map[string]any{"body": "b", "source": "cli", "h:source": "sdk"},
 			mq.Message{ID: "5-1", Body: []byte("b"), Headers: map[string]string{"source": "sdk"}}},
-		{"plain fields", map[string]any{"event": "signup", "user": "42"},
-			mq.Message{ID: "5-1", Headers: map[string]string{"event": "signup", "user": "42"}}},
+		{"one plain field is the body", "t", map[string]any{"payload": `{"order":7}`},
+			mq.Message{ID: "5-1", Body: []byte(`{"order":7}`), Headers: map[string]string{HeaderBodyFrom: "field:payload"}}},
+		{"data", "t", map[string]any{"data": "\x00\xff", "key": "k", "h:trace": "t1"},
+			mq.Message{ID: "5-1", Key: "k", Body: []byte("\x00\xff"), Headers: map[string]string{HeaderBodyFrom: "field:data", "trace": "t1"}}},
+		{"an app's id is a header", "t", map[string]any{"id": "42", "payload": "p"},
+			mq.Message{ID: "5-1", Body: []byte("p"), Headers: map[string]string{"id": "42", HeaderBodyFrom: "field:payload"}}},
+		{"several plain fields: a JSON body", "t", map[string]any{"event": "signup", "user": "42", "id": "9"},
+			mq.Message{ID: "5-1", Body: []byte(`{"event":"signup","user":"42"}`),
+				Headers: map[string]string{"event": "signup", "user": "42", "id": "9", HeaderBodyFrom: "json"}}},
+		{"sharded: the stream names the ID", "{t}:3", map[string]any{"body": "b"}, mq.Message{ID: "{t}:3/5-1", Body: []byte("b")}},
+		{"native on a shard", "{t}:3", map[string]any{"id": "m1", "body": "b"}, mq.Message{ID: "m1", Body: []byte("b")}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := decode("t", redis.XMessage{ID: "5-1", Values: tc.values})
-			if got.ID != tc.want.ID || !bytes.Equal(got.Body, tc.want.Body) || fmt.Sprint(got.Headers) != fmt.Sprint(tc.want.Headers) {
+			got := decode("t", tc.stream, redis.XMessage{ID: "5-1", Values: tc.values})
+			if got.ID != tc.want.ID || got.Key != tc.want.Key || !bytes.Equal(got.Body, tc.want.Body) || fmt.Sprint(got.Headers) != fmt.Sprint(tc.want.Headers) {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
 		})

@@ -10,22 +10,13 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mqkit/mq"
-)
-
-// Stream entry field names of the wire format (see the package
-// documentation).
-const (
-	FieldID      = "id"   // the message ID
-	FieldKey     = "key"  // the message key, absent when empty
-	FieldBody    = "body" // the message body, absent when empty
-	HeaderPrefix = "h:"   // a header: field "h:NAME" holds the value of header NAME
+	"github.com/mqkit/mq/internal/closeset"
 )
 
 // maxShards bounds Config.Shards.
@@ -147,9 +138,7 @@ type Conn struct {
 
 	verified sync.Map // topic -> struct{}: shard layout checked
 
-	mu     sync.Mutex
-	closed bool
-	subs   map[*subscription]struct{}
+	subs closeset.Set[*subscription] // closed: the Conn is
 }
 
 // NewConn returns a Conn that uses client, which may be a *redis.Client
@@ -166,7 +155,7 @@ func newConn(client redis.UniversalClient, cfg Config, owns bool) (*Conn, error)
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Conn{client: client, cfg: cfg, owns: owns, subs: map[*subscription]struct{}{}}, nil
+	return &Conn{client: client, cfg: cfg, owns: owns}, nil
 }
 
 // Client returns the go-redis client the Conn uses.
@@ -209,11 +198,7 @@ func shardOf(m *mq.Message, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-func (c *Conn) isClosed() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closed
-}
+func (c *Conn) isClosed() bool { return c.subs.Closed() }
 
 // checkTopic makes sure the topic's shard layout matches the Conn's, once
 // per topic.
@@ -307,145 +292,21 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 	return nil
 }
 
-// encode returns the XADD field-value pairs of m.
-func encode(m *mq.Message) []any {
-	v := make([]any, 0, 6+2*len(m.Headers))
-	v = append(v, FieldID, m.ID)
-	if m.Key != "" {
-		v = append(v, FieldKey, m.Key)
-	}
-	for k, hv := range m.Headers {
-		v = append(v, HeaderPrefix+k, hv)
-	}
-	if len(m.Body) > 0 {
-		v = append(v, FieldBody, m.Body)
-	}
-	return v
-}
-
-func encodedSize(m *mq.Message) int {
-	n := len(FieldID) + len(m.ID) + len(FieldKey) + len(m.Key) + len(FieldBody) + len(m.Body)
-	for k, v := range m.Headers {
-		n += len(HeaderPrefix) + len(k) + len(v)
-	}
-	return n
-}
-
-// decode turns a stream entry into a message (see the package
-// documentation for entries of other shapes).
-func decode(topic string, x redis.XMessage) *mq.Message {
-	m := &mq.Message{Topic: topic, Attempt: 1, Timestamp: entryTime(x.ID)}
-	var foreign map[string]string
-	for f, raw := range x.Values {
-		s, ok := raw.(string)
-		if !ok {
-			s = fmt.Sprint(raw)
-		}
-		switch {
-		case f == FieldID:
-			m.ID = s
-		case f == FieldKey:
-			m.Key = s
-		case f == FieldBody:
-			m.Body = []byte(s)
-		case strings.HasPrefix(f, HeaderPrefix):
-			m.SetHeader(f[len(HeaderPrefix):], s)
-		default:
-			if foreign == nil {
-				foreign = map[string]string{}
-			}
-			foreign[f] = s
-		}
-	}
-	for f, s := range foreign {
-		if _, dup := m.Headers[f]; !dup {
-			m.SetHeader(f, s)
-		}
-	}
-	if m.ID == "" {
-		m.ID = x.ID
-	}
-	return m
-}
-
-// entryTime returns the time in a stream entry ID ("ms-seq"), or now for an
-// ID that holds none.
-func entryTime(id string) time.Time {
-	ms, _, _ := strings.Cut(id, "-")
-	n, err := strconv.ParseInt(ms, 10, 64)
-	if err != nil || n <= 0 {
-		return time.Now()
-	}
-	return time.UnixMilli(n)
-}
-
-// Lag returns, summed over the topic's streams, the group's pending entries
-// (delivered and not yet acknowledged) and its lag (entries not yet
-// delivered to the group). lag is -1 when Redis cannot tell (before Redis
-// 7, or after entries were deleted from the middle of a stream). The
-// error wraps redis.Nil when the topic or the group does not exist.
-func (c *Conn) Lag(ctx context.Context, topic, group string) (pending, lag int64, err error) {
-	if c.isClosed() {
-		return 0, 0, mq.ErrClosed
-	}
-	for _, key := range c.StreamKeys(topic) {
-		groups, err := c.client.XInfoGroups(ctx, key).Result()
-		if err != nil {
-			if strings.Contains(err.Error(), "no such key") {
-				return 0, 0, fmt.Errorf("redisstream: topic %q has no stream %q: %w", topic, key, redis.Nil)
-			}
-			return 0, 0, fmt.Errorf("redisstream: XINFO GROUPS %q: %w", key, c.mapErr(err))
-		}
-		found := false
-		for _, g := range groups {
-			if g.Name != group {
-				continue
-			}
-			found = true
-			pending += g.Pending
-			if g.Lag < 0 || lag < 0 {
-				lag = -1
-			} else {
-				lag += g.Lag
-			}
-		}
-		if !found {
-			return 0, 0, fmt.Errorf("redisstream: stream %q has no group %q: %w", key, group, redis.Nil)
-		}
-	}
-	return pending, lag, nil
-}
-
 // Close implements mq.Conn: it closes the Conn's subscriptions (handing
 // their unsettled entries back to the group) and, if the Conn made its
 // client from a URL, the client. Close is idempotent.
 func (c *Conn) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
+	first, err := c.subs.CloseAll()
+	if !first {
 		return nil
 	}
-	c.closed = true
-	subs := make([]*subscription, 0, len(c.subs))
-	for s := range c.subs {
-		subs = append(subs, s)
-	}
-	c.mu.Unlock()
-	var errs []error
-	for _, s := range subs {
-		errs = append(errs, s.Close())
-	}
 	if c.owns {
-		errs = append(errs, c.client.Close())
+		err = errors.Join(err, c.client.Close())
 	}
-	return errors.Join(errs...)
+	return err
 }
 
-func (c *Conn) forget(s *subscription) {
-	c.mu.Lock()
-	delete(c.subs, s)
-	c.mu.Unlock()
-}
+func (c *Conn) forget(s *subscription) { c.subs.Remove(s) }
 
 // consumerName returns a new consumer name, unique per subscription.
 func (c *Conn) consumerName() string {

@@ -57,7 +57,7 @@
 // Each message is one stream entry with these fields, so that programs in
 // any language can produce and consume alongside the SDK:
 //
-//	id      the message ID (always present when the SDK produced it)
+//	id      the message ID (always present, and first, when the SDK produced it)
 //	key     the message key (absent when empty)
 //	h:NAME  one field per header NAME, holding its value
 //	body    the body (absent when empty)
@@ -65,15 +65,30 @@
 // Field names and values are binary-safe Redis strings. The entry ID's
 // time is the message's Timestamp.
 //
-// Entries written by other programs are consumed as well:
+// An entry is in this encoding when it has a non-empty id field and no
+// field other than id, key, body and h:NAME; it is then read exactly, and
+// its id is the message ID, which deduplication trusts: a program that
+// writes entries of this shape must give each message an ID of its own
+// (a UUID, say). Any other entry is foreign, written by a program that
+// does not know the SDK, and is read without dropping anything:
 //
-//   - without an id field, the message ID is the stream entry ID
-//     ("1700000000000-0"), stable across redeliveries;
-//   - without a body field, the body is empty;
-//   - any field other than id, key, body and h:* becomes a header of the
-//     same name (a header from an h: field wins over a plain field of the
-//     same name), so `redis-cli XADD orders '*' body hello source cli`
-//     arrives with body "hello" and header source=cli;
+//   - its message ID is the stream entry ID ("1700000000000-0"), unique in
+//     the stream and stable across redeliveries; on a sharded topic it is
+//     prefixed with the stream key ("{orders}:3/1700000000000-0"), as two
+//     shards may hold entries with one entry ID;
+//   - key and h:NAME fields are the key and headers, as above;
+//   - the body is the body field; without one, it is the value of the
+//     entry's only plain field (any field but id, key and h:*), as in
+//     XADD orders '*' payload '{"order":7}', with the header
+//     HeaderBodyFrom set to "field:payload"; with several plain fields, a
+//     JSON object of them (names to values, invalid UTF-8 replaced), with
+//     HeaderBodyFrom set to "json"; with none, the body is empty;
+//   - plain fields other than the one that became the body, id included,
+//     become headers of the same name (a header from an h: field wins over
+//     a plain field of the same name), so `redis-cli XADD orders '*' body
+//     hello source cli` arrives with body "hello" and header source=cli,
+//     and an application's own id field is the header id, not the message
+//     ID: two entries with id 42 are two messages;
 //   - if a field appears twice in one entry, the last one is used.
 //
 // Every entry is therefore delivered; none is skipped as malformed.
@@ -221,7 +236,21 @@
 //
 // A single server, a Sentinel-managed primary (redis+sentinel) and Redis
 // Cluster (redis+cluster) are supported; a topic's streams are one slot,
-// so all commands of a subscription go to one node. Lag reports a group's
-// pending entries and lag (XINFO GROUPS; the lag needs Redis 7). The
-// commands used need Redis 6.2 (XAUTOCLAIM); Redis 7 is recommended.
+// so all commands of a subscription go to one node. The commands used
+// need Redis 6.2 (XAUTOCLAIM); Redis 7 is recommended.
+//
+// # Groups and health
+//
+// Conn implements mq.Pinger (PING), mq.Lagger and mq.GroupDeleter, for
+// mq.Client's Ping, Lag and DeleteGroup. Lag reports per stream of the
+// topic the group's entries not yet delivered (XINFO GROUPS lag, which
+// needs Redis 7; -1 otherwise), its pending entries and the age of the
+// oldest of either; Conn.Lag sums the first two. DeleteGroup destroys the
+// group on every stream (and, sharded, its lease keys and members set),
+// and refuses with mq.ErrGroupActive while a consumer of the group was
+// seen within claim_idle (unless every entry pending on it was handed
+// back, as a closed subscription leaves them), or a shard lease or
+// membership of the group is alive. Both read the
+// topic's layout from Redis, so they need no shards= parameter. A group
+// Redis does not know is mq.ErrUnknownGroup.
 package redisstream

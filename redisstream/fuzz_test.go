@@ -16,7 +16,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add("0-1", "id", "", "key", "k\xff")
 	f.Add("garbage", "weird field", "\x00\x01", "h:", "")
 	f.Fuzz(func(t *testing.T, entryID, f1, v1, f2, v2 string) {
-		m := decode("t", redis.XMessage{ID: entryID, Values: map[string]any{f1: v1, f2: v2}})
+		m := decode("t", "t", redis.XMessage{ID: entryID, Values: map[string]any{f1: v1, f2: v2}})
 		if m == nil {
 			t.Fatal("nil message")
 		}

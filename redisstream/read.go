@@ -243,7 +243,7 @@ func (s *subscription) deliver(stream string, msgs []redis.XMessage, attempts ma
 			// history read): the entry is already being handled here.
 			continue
 		}
-		m := decode(s.topic, x)
+		m := decode(s.topic, stream, x)
 		if attempts != nil {
 			m.Attempt = 2
 			if n, ok := attempts[x.ID]; ok {

@@ -223,7 +223,7 @@ func TestInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fields of another shape become headers.
+	// Several plain fields: headers, and a JSON object of them as the body.
 	id2, err := raw.XAdd(ctx, &redis.XAddArgs{Stream: topic, Values: []any{"event", "signup", "user", "42"}}).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +238,7 @@ func TestInterop(t *testing.T) {
 				t.Errorf("body-only entry: %v body %q headers %v", m, m.Body, m.Headers)
 			}
 		case id2:
-			if len(m.Body) != 0 || m.Header("event") != "signup" || m.Header("user") != "42" {
+			if string(m.Body) != `{"event":"signup","user":"42"}` || m.Header("event") != "signup" || m.Header("user") != "42" || m.Header(redisstream.HeaderBodyFrom) != "json" {
 				t.Errorf("foreign entry: %v body %q headers %v", m, m.Body, m.Headers)
 			}
 		}

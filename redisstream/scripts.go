@@ -6,23 +6,32 @@ import "github.com/redis/go-redis/v9"
 // KEYS[1] and group ARGV[1] that ARGV[2] still owns, setting their idle
 // time to ARGV[3] ms without counting a delivery. Entries another consumer
 // claimed meanwhile are left alone and returned; acknowledged ones are
-// skipped. Atomic, so a live
-// consumer never takes back an entry that was claimed from it.
+// skipped. Atomic, so a live consumer never takes back an entry that was
+// claimed from it.
+//
+// The XCLAIM arguments are built in one table and unpacked last: Lua
+// expands a call's last argument only, so unpack(ids) followed by more
+// arguments would pass the first ID alone (and keep one entry alive of
+// all those held).
 var touchScript = redis.NewScript(`
 local lost = {}
-local mine = {}
+local args = {'XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0}
+local base = #args
 for i = 4, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] then
     if p[1][2] == ARGV[2] then
-      mine[#mine + 1] = ARGV[i]
+      args[#args + 1] = ARGV[i]
     else
       lost[#lost + 1] = ARGV[i]
     end
   end
 end
-if #mine > 0 then
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(mine), 'IDLE', ARGV[3], 'JUSTID')
+if #args > base then
+  args[#args + 1] = 'IDLE'
+  args[#args + 1] = ARGV[3]
+  args[#args + 1] = 'JUSTID'
+  redis.call(unpack(args))
 end
 return lost
 `)

@@ -55,13 +55,9 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 		// invariant simple: history before new entries.
 		s.history[streams[0]] = "0"
 	}
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil, mq.ErrClosed
+	if !c.subs.Add(s) {
+		return nil, mq.ErrClosed // nothing started yet: nothing to close
 	}
-	c.subs[s] = struct{}{}
-	c.mu.Unlock()
 
 	s.wg.Add(2)
 	go s.keepAlive()
