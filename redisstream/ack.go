@@ -22,6 +22,9 @@ type delivery struct {
 // Message implements mq.Delivery.
 func (d *delivery) Message() *mq.Message { return d.msg }
 
+// Position implements mq.Positioner: the stream key and the entry ID.
+func (d *delivery) Position() (partition, offset string) { return d.stream, d.id }
+
 // Lost implements mq.Delivery. On a sharded topic it is the channel of
 // the shard acquisition the delivery came under, closed when the lease is
 // lost (a renewal finds it held by another member, or was not answered by
