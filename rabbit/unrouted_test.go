@@ -58,10 +58,10 @@ func TestUnroutedHandedToFirstGroup(t *testing.T) {
 			if err := c.Producer().Produce(context.Background(), topic, &mq.Message{ID: "after-both"}); err != nil {
 				t.Fatal(err)
 			}
-			got := later.wait(t, 1)
+			later.wait(t, 1)
 			first.wait(t, keys*per+2)
 			time.Sleep(500 * time.Millisecond)
-			if got = later.snapshot(); len(got) != 1 || got[0].ID != "after-both" {
+			if got := later.snapshot(); len(got) != 1 || got[0].ID != "after-both" {
 				t.Errorf("the later group got %v, want only the message produced after it", got)
 			}
 			if n := len(first.snapshot()); n != keys*per+2 {
