@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/test.sh: the project's whole test run (CI runs it through .ci/run).
 #
-#   1. Go modules (go mod download), go vet.
+#   1. Go modules (go mod download), go vet; gofmt and staticcheck (a
+#      pinned version, installed from the module proxy when missing).
 #   2. Test bed: scripts/testbed.sh makes sure Docker runs and the local
 #      broker images exist (building them from Debian packages on a cold
 #      machine), then its environment (MQ_TEST_*_IMAGE, TESTCONTAINERS_*) is
@@ -41,6 +42,20 @@ begin "go mod download + vet"
 go version
 go mod download
 go vet ./...
+end
+
+begin "static checks (gofmt, staticcheck)"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'))
+if [[ -n $unformatted ]]; then
+  echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+# Pinned, built from the module proxy into GOPATH/bin (cached there).
+STATICCHECK_VERSION=v0.8.2
+SC=$(go env GOPATH)/bin/staticcheck
+if ! "$SC" -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+  go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+fi
+"$SC" ./...
 end
 
 begin "test tools (kcat)"
