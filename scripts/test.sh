@@ -10,7 +10,9 @@
 #   3. Interop clients: scripts/interop.sh makes a Python virtualenv with
 #      confluent-kafka, pika and redis-py (cached by a hash of
 #      integration/interop/requirements.txt) for the foreign-client tests.
-#   4. go test -race -count=1 ./... : unit tests and the tests against real
+#   4. Prometheus: scripts/prometheus.sh unpacks Debian's prometheus
+#      package into the cache (no full apt install) for the scrape test.
+#   5. go test -race -count=1 ./... : unit tests and the tests against real
 #      Redis, RabbitMQ and Kafka containers.
 #
 # With CI=true a broker that cannot be started fails its tests (outside CI
@@ -80,6 +82,12 @@ end
 begin "interop clients (python venv)"
 # Clients nobody here wrote, from PyPI: the interop tests drive them.
 bash scripts/interop.sh >/dev/null
+# shellcheck disable=SC1091
+source .testbed.env
+end
+
+begin "prometheus (Debian package binary, for the metrics test)"
+bash scripts/prometheus.sh >/dev/null
 # shellcheck disable=SC1091
 source .testbed.env
 end

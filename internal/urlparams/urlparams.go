@@ -11,8 +11,8 @@
 //		return fmt.Errorf("%w: %w", mq.ErrInvalidURL, err)
 //	}
 //
-// A parameter given twice takes its last value. Values are URL query
-// values, never user information, so errors may quote them.
+// A parameter given twice is an error (which one was meant?). Values are
+// URL query values, never user information, so errors may quote them.
 package urlparams
 
 import (
@@ -55,7 +55,12 @@ func (q *Query) take(name string) (string, bool) {
 	if len(vs) == 0 {
 		return "", true
 	}
-	return vs[len(vs)-1], true
+	if len(vs) > 1 {
+		// Which one was meant? Say so rather than guess.
+		q.errs = append(q.errs, fmt.Errorf("parameter %s given %d times", name, len(vs)))
+		return "", false
+	}
+	return vs[0], true
 }
 
 // Bad records that parameter name has the unusable value v, and what it

@@ -8,7 +8,7 @@ import (
 )
 
 func TestQuery(t *testing.T) {
-	v, _ := url.ParseQuery("n=3&d=250ms&b=true&e=fast&s=x&n2=0&f=ok&keep=1&s=y")
+	v, _ := url.ParseQuery("n=3&d=250ms&b=true&e=fast&s=y&n2=0&f=ok&keep=1")
 	q := New(v)
 	var (
 		n, n2 int
@@ -40,7 +40,7 @@ func TestQuery(t *testing.T) {
 }
 
 func TestQueryErrors(t *testing.T) {
-	v, _ := url.ParseQuery("n=0&d=soon&d2=1us&b=maybe&e=medium&bogus=1&also=2")
+	v, _ := url.ParseQuery("n=0&d=soon&d2=1us&b=maybe&e=medium&bogus=1&also=2&e=slow")
 	q := New(v)
 	var n int
 	var d, d2 time.Duration
@@ -60,7 +60,7 @@ func TestQueryErrors(t *testing.T) {
 		`d="soon": want a duration such as 250ms or 5s`,
 		`d2="1us": want a duration of at least 1ms`,
 		`b="maybe": want true or false`,
-		`e="medium": want fast, slow or stopped`,
+		"parameter e given 2 times",
 		`unknown test:// parameter "also" (known: b, d, d2, e, n)`,
 		`unknown test:// parameter "bogus"`,
 	} {
