@@ -72,5 +72,5 @@ func Example_invalidURL() {
 	fmt.Println(err)
 	// Output:
 	// true
-	// mq: open redis://app:xxxxx@127.0.0.1:6379/0?claim_idle=soon: mq: invalid URL: parameter claim_idle="soon": want a duration of at least 10ms, such as 5s
+	// mq: open redis://app:xxxxx@127.0.0.1:6379/0?claim_idle=soon: mq: invalid URL: claim_idle="soon": want a duration such as 250ms or 5s
 }

@@ -3,12 +3,10 @@ package redisstream
 import (
 	"context"
 	cryptotls "crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -16,6 +14,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/tlsfiles"
+	"github.com/mqkit/mq/internal/urlparams"
 )
 
 // URL schemes registered with mq.Register.
@@ -147,93 +147,63 @@ func parseURL(u *url.URL) (clientSpec, Config, error) {
 		return fail("a Redis URL takes no #fragment")
 	}
 
-	q := u.Query()
 	for name, why := range goRedisForbidden {
-		if q.Has(name) {
+		if u.Query().Has(name) {
 			return fail("parameter %s is not accepted: %s", name, why)
 		}
 	}
-	var errs []error
-	take := func(name string) (string, bool) {
-		if !q.Has(name) {
-			return "", false
-		}
-		vs := q[name]
-		q.Del(name)
-		if len(vs) > 1 {
-			errs = append(errs, fmt.Errorf("parameter %s given %d times", name, len(vs)))
-		}
-		return vs[len(vs)-1], true
-	}
-	dur := func(name string, dst *time.Duration, minimum time.Duration) {
-		v, ok := take(name)
-		if !ok {
-			return
-		}
-		d, err := time.ParseDuration(v)
-		if err != nil || d < minimum {
-			errs = append(errs, fmt.Errorf("parameter %s=%q: want a duration of at least %v, such as 5s", name, v, minimum))
-			return
-		}
-		*dst = d
-	}
-	dur("claim_idle", &cfg.ClaimIdle, 10*time.Millisecond)
-	dur("block", &cfg.Block, time.Millisecond)
-	dur("max_age", &cfg.MaxAge, time.Millisecond)
-	dur("shard_lease", &cfg.ShardLease, 100*time.Millisecond)
-	if v, ok := take("maxlen"); ok {
+	p := urlparams.New(u.Query())
+	p.Duration("claim_idle", &cfg.ClaimIdle, 10*time.Millisecond)
+	p.Duration("block", &cfg.Block, time.Millisecond)
+	p.Duration("max_age", &cfg.MaxAge, time.Millisecond)
+	p.Duration("shard_lease", &cfg.ShardLease, 100*time.Millisecond)
+	p.Func("maxlen", func(v string) error {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil || n < 1 {
-			errs = append(errs, fmt.Errorf("parameter maxlen=%q: want a whole number above 0", v))
+			return errors.New("a whole number above 0")
 		}
 		cfg.MaxLen = n
-	}
-	if v, ok := take("shards"); ok {
+		return nil
+	})
+	p.Func("shards", func(v string) error {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > maxShards {
-			errs = append(errs, fmt.Errorf("parameter shards=%q: want a whole number from 1 to %d", v, maxShards))
+			return fmt.Errorf("a whole number from 1 to %d", maxShards)
 		}
 		cfg.Shards = n
-	}
-	if v, ok := take("start"); ok {
-		switch v {
-		case "earliest":
-			cfg.StartLatest = false
-		case "latest":
-			cfg.StartLatest = true
-		default:
-			errs = append(errs, fmt.Errorf("parameter start=%q: want earliest or latest", v))
-		}
-	}
+		return nil
+	})
+	start := "earliest"
+	p.Enum("start", &start, "earliest", "latest")
+	cfg.StartLatest = start == "latest"
 	// TLS material go-redis's URL parser has no parameters for.
-	tlsCA, hasCA := take("tls_ca")
-	tlsCert, hasCert := take("tls_cert")
-	tlsKey, hasKey := take("tls_key")
-	tlsServerName, hasSNI := take("tls_server_name")
+	var tlsCA, tlsCert, tlsKey, tlsServerName string
+	hasCA := p.String("tls_ca", &tlsCA)
+	hasCert := p.String("tls_cert", &tlsCert)
+	hasKey := p.String("tls_key", &tlsKey)
+	hasSNI := p.String("tls_server_name", &tlsServerName)
 	if (hasCA || hasCert || hasKey || hasSNI) && !tls {
-		errs = append(errs, fmt.Errorf("parameters tls_ca, tls_cert, tls_key and tls_server_name need a rediss scheme"))
+		p.Fail(errors.New("parameters tls_ca, tls_cert, tls_key and tls_server_name need a rediss scheme"))
 	}
 	if hasCert != hasKey {
-		errs = append(errs, fmt.Errorf("parameters tls_cert and tls_key go together"))
+		p.Fail(errors.New("parameters tls_cert and tls_key go together"))
 	}
-	master, hasMaster := take("master")
+	var master string
+	hasMaster := p.String("master", &master)
 	sentinelAuth := false
-	if v, ok := take("sentinel_auth"); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("parameter sentinel_auth=%q: want true or false", v))
-		}
-		sentinelAuth = b
-	}
+	p.Bool("sentinel_auth", &sentinelAuth)
 	if shape != "sentinel" && (hasMaster || sentinelAuth) {
-		errs = append(errs, fmt.Errorf("parameters master and sentinel_auth are only for %s:// URLs", SchemeSentinel))
+		p.Fail(fmt.Errorf("parameters master and sentinel_auth are only for %s:// URLs", SchemeSentinel))
 	}
 	if cfg.MaxLen > 0 && cfg.MaxAge > 0 {
-		errs = append(errs, errors.New("parameters maxlen and max_age exclude each other (XADD trims by one strategy)"))
+		p.Fail(errors.New("parameters maxlen and max_age exclude each other (XADD trims by one strategy)"))
 	}
-	if len(errs) > 0 {
-		return fail("%w", errors.Join(errs...))
+	if err := p.Invalid(); err != nil {
+		return fail("%w", err)
 	}
+	// The rest are go-redis's own (timeouts, pool sizes, protocol...): its
+	// parser reads them and rejects unknown ones.
+	q := p.Rest()
 
 	hosts := strings.Split(u.Host, ",")
 	for i, h := range hosts {
@@ -314,22 +284,8 @@ func parseURL(u *url.URL) (clientSpec, Config, error) {
 		if hasSNI {
 			tc.ServerName = tlsServerName
 		}
-		if hasCA {
-			pem, err := os.ReadFile(tlsCA)
-			if err != nil {
-				return fail("tls_ca: %v", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return fail("tls_ca %q holds no PEM certificate", tlsCA)
-			}
-		}
-		if hasCert {
-			cert, err := cryptotls.LoadX509KeyPair(tlsCert, tlsKey)
-			if err != nil {
-				return fail("tls_cert/tls_key: %v", err)
-			}
-			tc.Certificates = []cryptotls.Certificate{cert}
+		if err := tlsfiles.Load(tc, tlsCA, tlsCert, tlsKey); err != nil {
+			return fail("%v", err)
 		}
 	}
 	return spec, cfg, nil
