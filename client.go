@@ -60,7 +60,7 @@ func Open(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	conn, err := d.Open(ctx, u)
+	conn, err := d.Open(context.WithValue(ctx, loggerKey{}, o.log()), u)
 	if err != nil {
 		return nil, fmt.Errorf("mq: open %s: %w", displayURL(u), err)
 	}
@@ -334,8 +334,10 @@ func WithNackBackoff(initial, max time.Duration) Option {
 // backend's own limit only.
 func WithMaxMessageBytes(n int) Option { return func(o *options) { o.maxMessageBytes = n } }
 
-// WithLogger sets the logger for errors a consumer cannot return (failed
-// acks, handler panics, retried receive errors). Default slog.Default().
+// WithLogger sets the logger of everything the SDK logs: errors a consumer
+// cannot return (failed acks, handler panics, retried receive errors) and,
+// given to Open, the backend's own lines (reconnects, rebalances, lost
+// leases). Default slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
 func (o *options) log() *slog.Logger {

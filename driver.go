@@ -3,6 +3,7 @@ package mq
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
 	"sync"
@@ -20,8 +21,22 @@ type Driver interface {
 	// Open connects to the broker that u names. The portable query
 	// parameters (see Open) have been removed from u; the driver must
 	// reject any parameter it does not know with an error wrapping
-	// ErrInvalidURL. Errors must not contain the URL's password.
+	// ErrInvalidURL. Errors must not contain the URL's password. ctx
+	// carries the client's logger (LoggerFrom), which the connection
+	// logs through.
 	Open(ctx context.Context, u *url.URL) (Conn, error)
+}
+
+type loggerKey struct{}
+
+// LoggerFrom returns the logger that the context given to Driver.Open
+// carries: the one set with WithLogger, else slog.Default(). Backends log
+// through it, so every line of the SDK goes to the service's logger.
+func LoggerFrom(ctx context.Context) *slog.Logger {
+	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok && l != nil {
+		return l
+	}
+	return slog.Default()
 }
 
 // Conn is an open connection to a broker. Its methods may be called

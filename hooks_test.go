@@ -3,11 +3,14 @@ package mq_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"net/url"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/memory"
 )
 
 func TestHooks(t *testing.T) {
@@ -150,5 +153,37 @@ func TestProduceMiddlewareGetsCopies(t *testing.T) {
 	err = small.Produce(ctx, "t", &mq.Message{ID: "x", Body: []byte("fits without the trace header")})
 	if !errors.Is(err, mq.ErrMessageTooLarge) {
 		t.Fatalf("a message the middleware made too large: %v, want ErrMessageTooLarge", err)
+	}
+}
+
+// loggerDriver records the logger Open's context carries.
+type loggerDriver struct{ got chan *slog.Logger }
+
+func (d loggerDriver) Open(ctx context.Context, _ *url.URL) (mq.Conn, error) {
+	d.got <- mq.LoggerFrom(ctx)
+	return memory.NewBroker(memory.Config{}).Conn(), nil
+}
+
+// TestBackendGetsClientLogger: a backend logs through the logger given
+// to Open with WithLogger (slog.Default() without one).
+func TestBackendGetsClientLogger(t *testing.T) {
+	d := loggerDriver{got: make(chan *slog.Logger, 2)}
+	mq.Register("loggertest", d)
+	mine := slog.New(slog.DiscardHandler)
+	c, err := mq.Open(context.Background(), "loggertest://", mq.WithLogger(mine))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if got := <-d.got; got != mine {
+		t.Error("the backend did not get the client's logger")
+	}
+	c, err = mq.Open(context.Background(), "loggertest://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if got := <-d.got; got != slog.Default() {
+		t.Error("without WithLogger the backend should get slog.Default()")
 	}
 }

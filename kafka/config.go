@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/url"
 	"strconv"
@@ -23,6 +24,10 @@ import (
 type Config struct {
 	// Brokers are the bootstrap brokers, host:port. Required.
 	Brokers []string
+
+	// Logger receives the backend's log lines (rebalances, rejoins).
+	// Default: the client's logger (mq.WithLogger), else slog.Default().
+	Logger *slog.Logger
 
 	// ClientID names this client to the brokers. Default "mqkit".
 	ClientID string

@@ -97,11 +97,19 @@ func (s *subscription) run(ctx context.Context) {
 		}
 		failures++
 		wait := backoff.Equal(backoff.Exp(failures, 200*time.Millisecond, 5*time.Second))
-		slog.Default().Warn("kafka: consumer group session failed; rejoining", "group", s.group, "topic", s.topic, "error", classify(err), "retry_in", wait)
+		s.log().Warn("kafka: consumer group session failed; rejoining", "group", s.group, "topic", s.topic, "error", classify(err), "retry_in", wait)
 		if !backoff.Sleep(ctx, wait, nil) {
 			return
 		}
 	}
+}
+
+// log returns the connection's logger.
+func (s *subscription) log() *slog.Logger {
+	if s.conn == nil || s.conn.cfg.Logger == nil {
+		return slog.Default()
+	}
+	return s.conn.cfg.Logger
 }
 
 // Setup is called by sarama at the start of a group session.
@@ -435,7 +443,7 @@ func (p *partition) drain(timeout time.Duration, leaving <-chan struct{}) {
 		case <-leaving:
 			return
 		case <-deadline.C:
-			slog.Default().Warn("kafka: partition revoked with handlers still running; cancelling them, their messages will be delivered again by the partition's next owner",
+			p.s.log().Warn("kafka: partition revoked with handlers still running; cancelling them, their messages will be delivered again by the partition's next owner",
 				"topic", p.topic, "partition", p.id, "unfinished", left, "drain_timeout", timeout)
 			return
 		}

@@ -101,6 +101,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"sync"
@@ -120,6 +121,7 @@ func (driver) Open(ctx context.Context, u *url.URL) (mq.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Logger = mq.LoggerFrom(ctx)
 	return NewConn(ctx, cfg)
 }
 
@@ -164,6 +166,9 @@ func NewConn(ctx context.Context, cfg Config) (*Conn, error) {
 	sc, err := cfg.sarama()
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
 	}
 	client, err := newClient(ctx, cfg.Brokers, sc)
 	if err != nil {

@@ -30,6 +30,7 @@ func (driver) Open(ctx context.Context, u *url.URL) (mq.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Logger = mq.LoggerFrom(ctx)
 	return Dial(ctx, cfg)
 }
 

@@ -56,6 +56,9 @@ func (driver) Open(ctx context.Context, u *url.URL) (mq.Conn, error) {
 		_ = client.Close()
 		return nil, fmt.Errorf("redisstream: ping %s: %w", spec.addrs(), redactErr(err, spec.password()))
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = mq.LoggerFrom(ctx)
+	}
 	c, err := newConn(client, cfg, true)
 	if err != nil {
 		_ = client.Close()
