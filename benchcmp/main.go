@@ -6,6 +6,7 @@
 //
 //	source ../.testbed.env   # images for the testbed
 //	go run . -runs 3
+//	go run . outbox          # package outbox's relay vs Watermill's Forwarder
 //
 // Watermill is used the way its documentation shows: a Publisher whose
 // Publish returns after the broker accepted each message (sarama
@@ -51,6 +52,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "outbox" {
+		return runOutbox(ctx, args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("benchcmp", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	brokers := fs.String("brokers", "redis,kafka", "comma-separated: redis, kafka")

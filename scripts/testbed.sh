@@ -3,9 +3,9 @@
 #
 #  1. Docker: if `docker info` fails, install docker.io (apt-get) when
 #     missing and start dockerd (log: /tmp/dockerd.log).
-#  2. Images: build mq-redis, mq-rabbitmq and mq-kafka from Debian packages
+#  2. Images: build mq-redis, mq-rabbitmq, mq-kafka and mq-postgres from Debian packages
 #     (and, for Kafka, Apache Kafka's jars from Maven Central), one shared
-#     debootstrap base, the three images in parallel. Each image is tagged
+#     debootstrap base, the images in parallel. Each image is tagged
 #     with a hash of its recipe (scripts/images/base + scripts/images/NAME)
 #     and skipped when that tag is already present.
 #  3. Environment: print `export` lines for the harness (integration/testbed)
@@ -30,7 +30,7 @@ LOGDIR=$CACHE/logs
 ENV_FILE=$ROOT/.testbed.env
 # Bump when a change to this script changes what goes into an image.
 RECIPE_VERSION=1
-IMAGES=(redis rabbitmq kafka)
+IMAGES=(redis rabbitmq kafka postgres)
 
 REBUILD=0
 BUILD=1
@@ -355,6 +355,7 @@ exports=(
   "export MQ_TEST_REDIS_IMAGE=${TAG[redis]}"
   "export MQ_TEST_RABBITMQ_IMAGE=${TAG[rabbitmq]}"
   "export MQ_TEST_KAFKA_IMAGE=${TAG[kafka]}"
+  "export MQ_TEST_POSTGRES_IMAGE=${TAG[postgres]}"
   "export TESTCONTAINERS_RYUK_DISABLED=true"
   "export TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1"
 )

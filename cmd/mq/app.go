@@ -51,6 +51,7 @@ var commands = []command{
 	{"consume", "-topic T [-group G -ack] [-json] [-n N] [-timeout D]", "print a topic's messages (in a private group unless -group G -ack)", (*app).consume},
 	{"dlq", "list|redrive|ensure -topic T [flags]", "inspect and redrive dead letters", (*app).dlq},
 	{"lag", "-topic T -group G", "show how far a consumer group is behind", (*app).lag},
+	{"outbox", "[-db URL] [-table T] [-n N] [-max-age D]", "show a transactional outbox's pending rows and their age", (*app).outboxCmd},
 	{"demo", "[-orders N] [-seed S]", "run an order pipeline with retries, dedup and a DLQ", (*app).demo},
 	{"bench", "[-n N] [-size S] [-producers C] [-batch B] [-concurrency K] [-keys N] [-mode produce|consume|mixed|all] [-bare] [-handler-sleep D]", "measure throughput, latency and memory (SDK vs bare driver)", (*app).bench},
 }

@@ -18,6 +18,9 @@ const (
 	EnvRabbitMQImage = "MQ_TEST_RABBITMQ_IMAGE"
 	// EnvKafkaImage names the Kafka image (default DefaultKafkaImage).
 	EnvKafkaImage = "MQ_TEST_KAFKA_IMAGE"
+	// EnvPostgresImage names the PostgreSQL image (default
+	// DefaultPostgresImage).
+	EnvPostgresImage = "MQ_TEST_POSTGRES_IMAGE"
 	// EnvPull, when true, lets the harness pull a missing image.
 	EnvPull = "MQ_TEST_PULL"
 	// EnvVerbose, when true, shows testcontainers' log lines.
@@ -33,6 +36,9 @@ const (
 	// DefaultKafkaImage is the same Kafka version as the local image built
 	// by scripts/testbed.sh (see scripts/images/kafka/pom.xml).
 	DefaultKafkaImage = "apache/kafka:3.9.2"
+	// DefaultPostgresImage is the same major version as the local image
+	// built by scripts/testbed.sh (Debian bookworm's postgresql).
+	DefaultPostgresImage = "postgres:15"
 )
 
 // EnvFileName is the file scripts/testbed.sh writes at the repository root.

@@ -62,6 +62,11 @@ func SharedRabbitMQ(t testing.TB) *Broker { t.Helper(); return sharedT(t, KindRa
 // use. Without Main in TestMain it is Kafka(t).
 func SharedKafka(t testing.TB) *Broker { t.Helper(); return sharedT(t, KindKafka) }
 
+// SharedPostgres returns the test binary's PostgreSQL server, starting it
+// on first use. Without Main in TestMain it is Postgres(t). Tests sharing
+// it should use tables (or schemas) of their own.
+func SharedPostgres(t testing.TB) *Broker { t.Helper(); return sharedT(t, KindPostgres) }
+
 func sharedT(t testing.TB, kind Kind) *Broker {
 	t.Helper()
 	if !mainActive.Load() {

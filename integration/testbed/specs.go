@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/jackc/pgx/v5"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/network"
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -45,6 +46,13 @@ type spec struct {
 // so that an XADD reply is durable and a restart keeps every confirmed
 // entry.
 var redisDurable = []string{"--protected-mode", "no", "--save", "", "--dir", "/tmp", "--appendonly", "yes", "--appendfsync", "always"}
+
+// postgresSettings are the server settings of every test PostgreSQL:
+// small, and durable (fsync and synchronous_commit on), so that a COMMIT
+// that returned survives a restart.
+var postgresSettings = []string{
+	"-c", "shared_buffers=16MB", "-c", "max_connections=100", "-c", "fsync=on", "-c", "synchronous_commit=on",
+}
 
 var specs = map[Kind]*spec{
 	KindRedis: {
@@ -140,6 +148,27 @@ exec redis-server /tmp/sentinel.conf --sentinel`, port, cport)
 		readyLine:    "Server startup complete",
 		startTimeout: 120 * time.Second,
 		stopTimeout:  15 * time.Second,
+	},
+	KindPostgres: {
+		kind:         KindPostgres,
+		envKey:       EnvPostgresImage,
+		defaultImage: DefaultPostgresImage,
+		request: func(image string, port, _ int) testcontainers.ContainerRequest {
+			return testcontainers.ContainerRequest{
+				Image:        image,
+				ExposedPorts: []string{"5432/tcp"},
+				// The official image creates the user and database from
+				// these; the local one was initialised with them.
+				Env: map[string]string{"POSTGRES_USER": "mq", "POSTGRES_PASSWORD": "mq", "POSTGRES_DB": "mq"},
+				// Both images take the official image's command line.
+				Cmd:                append([]string{"postgres"}, postgresSettings...),
+				HostConfigModifier: publishOnLoopback("5432/tcp", port),
+			}
+		},
+		url:          func(addr string) string { return "postgres://mq:mq@" + addr + "/mq?sslmode=disable" },
+		ready:        postgresReady,
+		startTimeout: 60 * time.Second,
+		stopTimeout:  10 * time.Second,
 	},
 	KindKafka: {
 		kind:         KindKafka,
@@ -338,6 +367,17 @@ func redisSentinelReady(ctx context.Context, b *Broker) error {
 	m := redis.NewClient(&redis.Options{Addr: addr[0] + ":" + addr[1], DialTimeout: 2 * time.Second, MaxRetries: -1, DisableIdentity: true})
 	defer func() { _ = m.Close() }()
 	return m.Ping(ctx).Err()
+}
+
+// postgresReady connects with the harness's credentials and runs a query.
+func postgresReady(ctx context.Context, b *Broker) error {
+	conn, err := pgx.Connect(ctx, b.URL)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+	var one int
+	return conn.QueryRow(ctx, "SELECT 1").Scan(&one)
 }
 
 func redisReady(ctx context.Context, b *Broker) error {

@@ -29,6 +29,9 @@ const (
 	KindRedisSentinel Kind = "redis-sentinel"
 	KindRabbitMQ      Kind = "rabbitmq"
 	KindKafka         Kind = "kafka"
+	// KindPostgres is a PostgreSQL server (not a broker: the database of
+	// package outbox and idempotency/pgstore), run by the same harness.
+	KindPostgres Kind = "postgres"
 )
 
 // Broker is a running broker in a container, started by Redis, RabbitMQ,
@@ -37,7 +40,9 @@ type Broker struct {
 	// Kind is the broker type.
 	Kind Kind
 	// URL is what mq.Open takes: redis://127.0.0.1:PORT/0,
-	// amqp://guest:guest@127.0.0.1:PORT/ or kafka://127.0.0.1:PORT.
+	// amqp://guest:guest@127.0.0.1:PORT/ or kafka://127.0.0.1:PORT. For
+	// PostgreSQL it is what pgx and database/sql drivers take:
+	// postgres://mq:mq@127.0.0.1:PORT/mq?sslmode=disable.
 	URL string
 	// Addr is the client address, 127.0.0.1:PORT. It stays the same across
 	// Restart.
@@ -169,6 +174,18 @@ func RabbitMQ(t testing.TB, opts ...Option) *Broker {
 func Kafka(t testing.TB, opts ...Option) *Broker {
 	t.Helper()
 	return startT(t, KindKafka, opts)
+}
+
+// Postgres starts a PostgreSQL server (user mq, password mq, database mq,
+// scram-sha-256 over TCP; small shared_buffers, fsync on) and terminates
+// it when the test ends. URL is
+// postgres://mq:mq@127.0.0.1:PORT/mq?sslmode=disable. The server is
+// ready: it ran a query. Restart, Stop and Start work as for brokers:
+// docker stop becomes PostgreSQL's fast shutdown, and what committed
+// survives.
+func Postgres(t testing.TB, opts ...Option) *Broker {
+	t.Helper()
+	return startT(t, KindPostgres, opts)
 }
 
 func startT(t testing.TB, kind Kind, opts []Option) *Broker {
