@@ -56,10 +56,12 @@ type Instrumentation struct {
 	errorType     func(error) string
 	lagTimeout    time.Duration
 
+	meter    metric.Meter
 	inst     instruments
 	sendAttr attrCache[sendKey, *sendAttrs]
 	consAttr attrCache[consKey, *consAttrs]
 	lag      lagObserver
+	outbox   outboxObserver
 }
 
 // Option configures New.
@@ -169,6 +171,7 @@ func New(opts ...Option) *Instrumentation {
 		lagTimeout:    c.lagTimeout,
 	}
 	meter := c.mp.Meter(ScopeName, metric.WithSchemaURL(semconv.SchemaURL))
+	in.meter = meter
 	in.inst = newInstruments(meter)
 	in.lag.init(in, meter)
 	return in

@@ -561,3 +561,30 @@ func TestDefaultErrorType(t *testing.T) {
 		}
 	}
 }
+
+func TestObserveOutbox(t *testing.T) {
+	r := newRig(t)
+	rows := int64(7)
+	stop := r.inst.ObserveOutbox("mq_outbox", func(context.Context) (int64, time.Duration, error) {
+		return rows, 3 * time.Second, nil
+	})
+	failing := r.inst.ObserveOutbox("broken", func(context.Context) (int64, time.Duration, error) {
+		return 0, 0, errors.New("db down")
+	})
+	defer failing()
+	m := r.collect(t)
+	g, ok := m[mqotel.MetricOutboxRows].(metricdata.Gauge[int64])
+	if !ok || len(g.DataPoints) != 1 || g.DataPoints[0].Value != 7 {
+		t.Fatalf("outbox rows %+v", m[mqotel.MetricOutboxRows])
+	}
+	if v, _ := g.DataPoints[0].Attributes.Value(mqotel.AttrOutboxTable); v.AsString() != "mq_outbox" {
+		t.Errorf("table attribute %v", g.DataPoints[0].Attributes.ToSlice())
+	}
+	if age, ok := m[mqotel.MetricOutboxOldestAge].(metricdata.Gauge[float64]); !ok || len(age.DataPoints) != 1 || age.DataPoints[0].Value != 3 {
+		t.Errorf("outbox age %+v", m[mqotel.MetricOutboxOldestAge])
+	}
+	stop()
+	if g, ok := r.collect(t)[mqotel.MetricOutboxRows].(metricdata.Gauge[int64]); ok && len(g.DataPoints) > 0 {
+		t.Errorf("outbox still reported after stop: %+v", g)
+	}
+}

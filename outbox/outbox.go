@@ -182,6 +182,17 @@ type Backlog struct {
 	Age time.Duration
 }
 
+// BacklogFunc returns Backlog of db as a function of the shape metrics
+// gauges poll, such as mqotel.Instrumentation.ObserveOutbox:
+//
+//	stop := inst.ObserveOutbox(string(outbox.DefaultTable), outbox.DefaultTable.BacklogFunc(db))
+func (t Table) BacklogFunc(db *sql.DB) func(ctx context.Context) (rows int64, oldest time.Duration, err error) {
+	return func(ctx context.Context) (int64, time.Duration, error) {
+		b, err := t.Backlog(ctx, db)
+		return b.Rows, b.Age, err
+	}
+}
+
 // Backlog reports the table's backlog. It counts the rows, so it reads
 // the whole table: cheap while relays keep up.
 func (t Table) Backlog(ctx context.Context, db *sql.DB) (Backlog, error) {
