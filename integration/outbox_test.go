@@ -8,16 +8,13 @@
 package integration_test
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -290,34 +287,9 @@ func TestOutboxFaults(t *testing.T) {
 			// A relay process killed after the broker accepted its first
 			// batch and before it deleted the rows.
 			r.write(ctx, 300, func(int) bool { return false })
-			child := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestOutboxRelayChild$", "-test.v")
-			child.Env = append(os.Environ(), "MQ_OUTBOX_CHILD_PG="+pg.URL, "MQ_OUTBOX_CHILD_BROKER="+withParams(t, b.URL, tg.params), "MQ_OUTBOX_CHILD_TABLE="+string(r.table))
-			out, err := child.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			child.Stderr = os.Stderr
-			if err := child.Start(); err != nil {
-				t.Fatal(err)
-			}
-			published := make(chan string, 1)
-			go func() {
-				sc := bufio.NewScanner(out)
-				for sc.Scan() {
-					if line := sc.Text(); strings.HasPrefix(line, "PUBLISHED ") {
-						published <- line
-					}
-				}
-			}()
-			select {
-			case line := <-published:
-				t.Logf("child relay: %s; sending SIGKILL", line)
-			case <-time.After(time.Minute):
-				_ = child.Process.Kill()
-				t.Fatal("child relay never published")
-			}
-			_ = child.Process.Signal(syscall.SIGKILL)
-			_ = child.Wait()
+			line := killAfter(ctx, t, "TestOutboxRelayChild", []string{"MQ_OUTBOX_CHILD_PG=" + pg.URL,
+				"MQ_OUTBOX_CHILD_BROKER=" + withParams(t, b.URL, tg.params), "MQ_OUTBOX_CHILD_TABLE=" + string(r.table)}, "PUBLISHED ", time.Minute)
+			t.Logf("child relay: %s; killed it", line)
 			r.relay(outbox.Config{})
 			c = r.settle(ctx, time.Minute)
 			if c.committed != 500 {

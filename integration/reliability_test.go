@@ -5,16 +5,12 @@
 package integration_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net/url"
 	"os"
-	"os/exec"
 	"runtime"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -248,36 +244,8 @@ func TestConsumerCrashLosesNothing(t *testing.T) {
 				l.confirmed[m.ID] = true
 			}
 
-			child := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
-			child.Env = append(os.Environ(), "MQ_CRASH_CHILD_URL="+u, "MQ_CRASH_CHILD_TOPIC="+topic)
-			out, err := child.StdoutPipe()
-			if err != nil {
-				t.Fatal(err)
-			}
-			child.Stderr = os.Stderr
-			if err := child.Start(); err != nil {
-				t.Fatal(err)
-			}
-			holding := make(chan string, 1)
-			go func() {
-				sc := bufio.NewScanner(out)
-				for sc.Scan() {
-					if line := sc.Text(); strings.HasPrefix(line, "HOLDING ") {
-						holding <- line
-					}
-				}
-			}()
-			select {
-			case line := <-holding:
-				t.Logf("child consumer: %s; sending SIGKILL", line)
-			case <-time.After(2 * time.Minute):
-				_ = child.Process.Kill()
-				t.Fatal("child consumer never held messages")
-			}
-			if err := child.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatal(err)
-			}
-			_ = child.Wait()
+			line := killAfter(ctx, t, "TestCrashChild", []string{"MQ_CRASH_CHILD_URL=" + u, "MQ_CRASH_CHILD_TOPIC=" + topic}, "HOLDING ", 2*time.Minute)
+			t.Logf("child consumer: %s; killed it", line)
 
 			consumer, err := c.Consumer(ctx, topic, mq.WithGroup("g"), mq.WithConcurrency(4))
 			if err != nil {
