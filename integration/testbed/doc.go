@@ -1,10 +1,13 @@
-// Package testbed starts real brokers (Redis, RabbitMQ, Apache Kafka) in
-// Docker containers for tests, with testcontainers-go.
+// Package testbed starts real brokers (Redis, RabbitMQ, Apache Kafka) and
+// PostgreSQL in Docker containers for tests, with testcontainers-go, and
+// finds the tools beside them that the test command installs (the Python
+// interop clients, a Prometheus server).
 //
 //	func TestSomething(t *testing.T) {
 //		rd := testbed.Redis(t)       // redis://127.0.0.1:PORT/0
 //		rb := testbed.RabbitMQ(t)    // amqp://guest:guest@127.0.0.1:PORT/
 //		kf := testbed.Kafka(t)       // kafka://127.0.0.1:PORT
+//		pg := testbed.Postgres(t)    // postgres://mq:mq@127.0.0.1:PORT/mq?sslmode=disable
 //		c, err := mq.Open(ctx, rd.URL) // or rb.URL, kf.URL
 //	}
 //
@@ -25,6 +28,9 @@
 //	MQ_TEST_REDIS_IMAGE     redis:7
 //	MQ_TEST_RABBITMQ_IMAGE  rabbitmq:3.13-management
 //	MQ_TEST_KAFKA_IMAGE     apache/kafka:3.9.2
+//	MQ_TEST_POSTGRES_IMAGE  (the local mq-postgres image)
+//	MQ_TEST_PYTHON          a python with confluent-kafka, pika, redis-py (scripts/interop.sh)
+//	MQ_TEST_PROMETHEUS      a prometheus 2.x binary (scripts/prometheus.sh)
 //
 // scripts/testbed.sh builds local images from Debian packages (and Kafka's
 // jars from Maven Central) for machines that reach no image registry, and
