@@ -28,7 +28,7 @@
 //	MQ_TEST_REDIS_IMAGE     redis:7
 //	MQ_TEST_RABBITMQ_IMAGE  rabbitmq:3.13-management
 //	MQ_TEST_KAFKA_IMAGE     apache/kafka:3.9.2
-//	MQ_TEST_POSTGRES_IMAGE  (the local mq-postgres image)
+//	MQ_TEST_POSTGRES_IMAGE  postgres:15
 //	MQ_TEST_PYTHON          a python with confluent-kafka, pika, redis-py (scripts/interop.sh)
 //	MQ_TEST_PROMETHEUS      a prometheus 2.x binary (scripts/prometheus.sh)
 //
