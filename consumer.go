@@ -629,14 +629,15 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 	q.timer = timer
 }
 
-// withInfo returns ctx carrying the DeliveryInfo of one handler call of t.
+// withInfo returns ctx carrying the DeliveryInfo of one handler call of t:
+// one allocation for the context and the info together (see infoCtx).
 func (d *dispatcher) withInfo(ctx context.Context, t task) context.Context {
-	info := *d.info
-	info.Received = time.Unix(0, t.received)
+	c := &infoCtx{Context: ctx, info: *d.info}
+	c.info.Received = time.Unix(0, t.received)
 	if p, ok := t.d.(Positioner); ok {
-		info.Partition, info.Offset = p.Position()
+		c.info.Partition, c.info.Offset = p.Position()
 	}
-	return context.WithValue(ctx, deliveryKey{}, &info)
+	return c
 }
 
 // advance takes q's settled head task off and makes the next one ready.

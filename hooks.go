@@ -2,6 +2,7 @@ package mq
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -100,10 +101,30 @@ const (
 
 type deliveryKey struct{}
 
+// infoCtx is the context of one handler call with its DeliveryInfo, both
+// in one allocation (a context.WithValue would be a second one). A
+// handler may keep it, or the info, like any context: neither is reused.
+type infoCtx struct {
+	context.Context
+	info DeliveryInfo
+}
+
+func (c *infoCtx) Value(key any) any {
+	if key == (deliveryKey{}) {
+		return &c.info
+	}
+	return c.Context.Value(key)
+}
+
+func (c *infoCtx) String() string { return fmt.Sprintf("%v.WithDeliveryInfo", c.Context) }
+
 // DeliveryFrom returns the delivery info of a handler's context, when the
 // consumer has consume middleware (WithConsumeMiddleware); the consumer
 // only records it then, so a consumer without it pays nothing.
 func DeliveryFrom(ctx context.Context) (*DeliveryInfo, bool) {
+	if c, ok := ctx.(*infoCtx); ok { // the outermost middleware's: no lookup
+		return &c.info, true
+	}
 	d, ok := ctx.Value(deliveryKey{}).(*DeliveryInfo)
 	return d, ok
 }

@@ -3,6 +3,7 @@ package mqotel
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/mqkit/mq"
 )
@@ -81,14 +83,13 @@ func (in *Instrumentation) ProduceMiddleware(next mq.ProduceFunc) mq.ProduceFunc
 				break // no valid context to write (no span, tracing off): nothing is replaced
 			}
 			if m.Headers == nil {
-				m.Headers = make(map[string]string, len(hdr))
+				m.Headers = maps.Clone(hdr) // nothing to replace
+				continue
 			}
 			for _, f := range in.fields {
 				delete(m.Headers, f)
 			}
-			for k, v := range hdr {
-				m.Headers[k] = v
-			}
+			maps.Copy(m.Headers, hdr)
 		}
 
 		err := next(sctx, topic, msgs)
@@ -115,6 +116,9 @@ func (in *Instrumentation) carried(m *mq.Message) trace.SpanContext {
 	}
 	return trace.SpanContextFromContext(in.prop.Extract(context.Background(), propagation.MapCarrier(m.Headers)))
 }
+
+// noopSpan is the span of a handler call when a no-op tracer's is skipped.
+var noopSpan trace.Span = tracenoop.Span{}
 
 // ConsumeMiddleware is the consume middleware that Options installs: one
 // process span per handler call, linked to (or, with WithMessageParent,
@@ -157,20 +161,38 @@ func (h *consumeHandler) Handle(ctx context.Context, m *mq.Message) (err error) 
 	if created.Equal(ambient) {
 		created = trace.SpanContext{} // the headers held none
 	}
+	// A no-op tracer's Start would only put the span context that sctx
+	// holds back into it, where that is the creation context or none (not
+	// an ambient span, which it would replace by an empty one): skipped.
+	skip := in.noopTracer && (!ambient.IsValid() || in.messageParent && created.IsValid())
 	opts := a.start // shared: copied before anything is appended
 	sctx := xctx
 	switch {
 	case !created.IsValid():
 	case in.messageParent:
-		opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: created}))
-		if ambient.IsValid() {
-			opts = append(opts, trace.WithLinks(trace.Link{SpanContext: ambient}))
+		if !skip {
+			opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: created}))
+			if ambient.IsValid() {
+				opts = append(opts, trace.WithLinks(trace.Link{SpanContext: ambient}))
+			}
 		}
 	default:
-		opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: created}))
-		sctx = trace.ContextWithSpanContext(xctx, ambient) // the ambient span stays the parent
+		if !skip {
+			opts = append(opts[:len(opts):len(opts)], trace.WithLinks(trace.Link{SpanContext: created}))
+		}
+		// The ambient span stays the parent. When the headers gave
+		// nothing but the creation context, that is ctx (unless a no-op
+		// tracer would then replace the ambient span by an empty one).
+		if in.spanOnly && (!in.noopTracer || !ambient.IsValid()) {
+			sctx = ctx
+		} else {
+			sctx = trace.ContextWithSpanContext(xctx, ambient)
+		}
 	}
-	sctx, span := in.tracer.Start(sctx, a.name, opts...)
+	var span trace.Span = noopSpan
+	if !skip {
+		sctx, span = in.tracer.Start(sctx, a.name, opts...)
+	}
 	if span.IsRecording() {
 		kvs := make([]attribute.KeyValue, 0, 5)
 		kvs = append(kvs, semconv.MessagingMessageID(m.ID), semconv.MessagingMessageBodySize(len(m.Body)), AttemptKey.Int(m.Attempt))

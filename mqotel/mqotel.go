@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/mqkit/mq"
 )
@@ -49,7 +50,9 @@ const DefaultLagTimeout = 5 * time.Second
 // concurrent use, and one may serve many clients of the same broker.
 type Instrumentation struct {
 	tracer        trace.Tracer
+	noopTracer    bool // tracer is trace/noop's: a process span is started only where it changes the handler's context
 	prop          propagation.TextMapPropagator
+	spanOnly      bool     // prop is W3C TraceContext alone: Extract adds the creation context and nothing else
 	fields        []string // the propagator's header names, cleared before an inject
 	system        string
 	messageParent bool
@@ -161,9 +164,14 @@ func New(opts ...Option) *Instrumentation {
 	if c.lagTimeout <= 0 {
 		c.lagTimeout = DefaultLagTimeout
 	}
+	tracer := c.tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL))
+	_, noopTracer := tracer.(tracenoop.Tracer)
+	_, spanOnly := c.prop.(propagation.TraceContext)
 	in := &Instrumentation{
-		tracer:        c.tp.Tracer(ScopeName, trace.WithSchemaURL(semconv.SchemaURL)),
+		tracer:        tracer,
+		noopTracer:    noopTracer,
 		prop:          c.prop,
+		spanOnly:      spanOnly,
 		fields:        c.prop.Fields(),
 		system:        c.system,
 		messageParent: c.messageParent,

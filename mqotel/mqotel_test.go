@@ -17,6 +17,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/dlq"
@@ -586,5 +587,75 @@ func TestObserveOutbox(t *testing.T) {
 	stop()
 	if g, ok := r.collect(t)[mqotel.MetricOutboxRows].(metricdata.Gauge[int64]); ok && len(g.DataPoints) > 0 {
 		t.Errorf("outbox still reported after stop: %+v", g)
+	}
+}
+
+type derivedKey struct{}
+
+// With a no-op tracer the process span is not started, but the handler's
+// context is what a no-op span would give: the creation context with
+// WithMessageParent, no span otherwise; and the delivery info is still
+// there for inner middleware, through a derived context too.
+func TestNoopTracerHandlerContext(t *testing.T) {
+	for _, parent := range []bool{false, true} {
+		t.Run(fmt.Sprint("messageParent=", parent), func(t *testing.T) {
+			opts := []mqotel.Option{mqotel.WithTracerProvider(tracenoop.NewTracerProvider()), mqotel.WithSystem("inmemory")}
+			if parent {
+				opts = append(opts, mqotel.WithMessageParent())
+			}
+			c, err := mq.Open(context.Background(), "mem://?group=g", mqotel.New(opts...).Options()...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			cons, err := c.Consumer(ctx, "noop")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cons.Close()
+			if err := c.Producer().Produce(ctx, "noop", &mq.Message{Headers: map[string]string{"traceparent": foreign}}); err != nil {
+				t.Fatal(err)
+			}
+			type seen struct {
+				sc    trace.SpanContext
+				topic string
+			}
+			got := make(chan seen, 1)
+			cctx, stop := context.WithCancel(ctx)
+			done := make(chan error, 1)
+			go func() {
+				done <- cons.Consume(cctx, mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+					var s seen
+					s.sc = trace.SpanContextFromContext(ctx)
+					if info, ok := mq.DeliveryFrom(context.WithValue(ctx, derivedKey{}, 1)); ok {
+						s.topic = info.Topic
+					}
+					got <- s
+					return nil
+				}))
+			}()
+			var s seen
+			select {
+			case s = <-got:
+			case <-ctx.Done():
+				t.Fatal("timed out")
+			}
+			stop()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if s.topic != "noop" {
+				t.Errorf("DeliveryFrom: topic %q, want noop", s.topic)
+			}
+			fsc := foreignSC(t)
+			if parent && (s.sc.TraceID() != fsc.TraceID() || s.sc.SpanID() != fsc.SpanID()) {
+				t.Errorf("handler's span context %v, want the creation context %v", s.sc, fsc)
+			}
+			if !parent && s.sc.IsValid() {
+				t.Errorf("handler's span context %v, want none", s.sc)
+			}
+		})
 	}
 }
