@@ -82,6 +82,54 @@
 // than Config.DrainTimeout or let them honour ctx; per-key order across
 // members holds for handlers that do.
 //
+// # Exactly-once transforms
+//
+// A handler that produces outputs and then returns (runner.Publishing,
+// or a plain Produce inside a handler) is at least once: a crash or a
+// rebalance after the outputs were written and before the input's offset
+// was committed writes them again. Transform is the opt-in alternative
+// for consume-transform-produce within one Kafka cluster: it consumes a
+// topic as a member of a group and, per batch of inputs of one partition
+// (in offset order), writes the outputs and commits the group's offset
+// past the batch in one Kafka transaction, with sarama's transactional
+// producer (Producer.Transaction.ID, idempotent, one request in flight).
+// A crash, a rebalance or a failed commit aborts the transaction, and its
+// inputs are transformed again from the committed offset, so a consumer
+// reading the outputs with read_committed (this package's default) sees
+// each input's outputs exactly once:
+//
+//	err := kafka.Transform(ctx, conn, kafka.TransformConfig{
+//		Topic: "orders", Group: "enricher", TransactionalID: "enricher-" + hostname,
+//	}, func(ctx context.Context, in *mq.Message) ([]kafka.Output, error) {
+//		out := &mq.Message{ID: "enriched-" + in.ID, Key: in.Key, Body: enrich(in.Body)}
+//		return []kafka.Output{{Topic: "orders-enriched", Message: out}}, nil
+//	})
+//
+// Zombies are fenced two ways. A restarted instance with the same
+// TransactionalID fences its previous incarnation and aborts its open
+// transaction when it starts. A member that lost a partition in a
+// rebalance cannot commit its offsets any more, because each transaction
+// carries the group's generation and member ID (KIP-447, protocol version
+// 2.5 or later), and a new owner waits for a pending transactional commit
+// of the partition's offset before it reads from there (OffsetFetch with
+// require_stable).
+//
+// What stays at least once: the TransformFunc itself may run more than
+// once for an input (only one run's outputs are committed), so side
+// effects outside Kafka, such as a database write or an HTTP call, are
+// not covered; and consumers with isolation=read_uncommitted see the
+// records of aborted transactions too. The input and output topics must
+// be on the cluster of the Conn.
+//
+// RabbitMQ and Redis Streams have no such transaction: there is no way
+// to publish and acknowledge atomically. There, runner.Publishing
+// (outputs are published before the input is acknowledged, so none is
+// lost) with deterministic output IDs (derived from the input's ID, as in
+// the example) and a consumer that drops IDs it has seen (package
+// idempotency) gives effectively-once processing: duplicates are written
+// after a crash but handled once. The same holds on Kafka for outputs
+// that go anywhere else than the Conn's cluster.
+//
 // # Errors
 //
 // Errors from a cluster that cannot be reached or cannot serve the request

@@ -182,33 +182,9 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 	b := &batch{remaining: len(msgs), done: make(chan struct{})}
 	pms := make([]sarama.ProducerMessage, len(msgs))
 	for i, m := range msgs {
-		pm := &pms[i]
-		pm.Topic = topic
-		pm.Metadata = b
-		if m.Key != "" {
-			pm.Key = sarama.StringEncoder(m.Key)
-		}
-		tomb, err := isTombstone(m)
-		if err != nil {
+		pms[i].Metadata = b
+		if err := fillRecord(&pms[i], topic, m, limit); err != nil {
 			return err
-		}
-		if !tomb {
-			// A non-nil slice even for an empty Body: sarama writes a nil
-			// value as null, a tombstone. sarama may still hold the
-			// message if ctx ends early; the copy lets the caller reuse
-			// Body once Send returns.
-			pm.Value = sarama.ByteEncoder(append(make([]byte, 0, len(m.Body)), m.Body...))
-		}
-		pm.Headers = make([]sarama.RecordHeader, 0, len(m.Headers)+1)
-		pm.Headers = append(pm.Headers, sarama.RecordHeader{Key: []byte(HeaderID), Value: []byte(m.ID)})
-		for k, v := range m.Headers {
-			if k == HeaderID || k == HeaderTombstone {
-				continue
-			}
-			pm.Headers = append(pm.Headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
-		}
-		if n := pm.ByteSize(2); n > limit {
-			return fmt.Errorf("%w: message %s is %d bytes as a Kafka record, the limit is %d (message_max_bytes)", mq.ErrMessageTooLarge, m.ID, n, limit)
 		}
 	}
 	if n, err := p.hand(ctx, pms); err != nil {
@@ -225,4 +201,38 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 	case <-ctx.Done():
 		return fmt.Errorf("kafka: produce to %q: %w (the messages may still be written)", topic, ctx.Err())
 	}
+}
+
+// fillRecord makes pm the Kafka record of m on topic: key, value (null
+// only for a tombstone asked for with HeaderTombstone), the mq-id header
+// and the other headers. It fails, before anything is sent, for a record
+// over limit bytes.
+func fillRecord(pm *sarama.ProducerMessage, topic string, m *mq.Message, limit int) error {
+	pm.Topic = topic
+	if m.Key != "" {
+		pm.Key = sarama.StringEncoder(m.Key)
+	}
+	tomb, err := isTombstone(m)
+	if err != nil {
+		return err
+	}
+	if !tomb {
+		// A non-nil slice even for an empty Body: sarama writes a nil
+		// value as null, a tombstone. sarama may still hold the message
+		// if ctx ends early; the copy lets the caller reuse Body once
+		// Send returns.
+		pm.Value = sarama.ByteEncoder(append(make([]byte, 0, len(m.Body)), m.Body...))
+	}
+	pm.Headers = make([]sarama.RecordHeader, 0, len(m.Headers)+1)
+	pm.Headers = append(pm.Headers, sarama.RecordHeader{Key: []byte(HeaderID), Value: []byte(m.ID)})
+	for k, v := range m.Headers {
+		if k == HeaderID || k == HeaderTombstone {
+			continue
+		}
+		pm.Headers = append(pm.Headers, sarama.RecordHeader{Key: []byte(k), Value: []byte(v)})
+	}
+	if n := pm.ByteSize(2); n > limit {
+		return fmt.Errorf("%w: message %s is %d bytes as a Kafka record, the limit is %d (message_max_bytes)", mq.ErrMessageTooLarge, m.ID, n, limit)
+	}
+	return nil
 }
