@@ -28,15 +28,7 @@ var tableSeq atomic.Int32
 // the test's own.
 func setup(t *testing.T) (*sql.DB, outbox.Table, string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a PostgreSQL container")
-	}
-	pg := testbed.SharedPostgres(t)
-	db, err := sql.Open("pgx", pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
+	db, pg := testbed.PostgresDB(t)
 	table := outbox.Table(fmt.Sprintf("ob_%d_%d", time.Now().Unix()%100000, tableSeq.Add(1)))
 	if err := table.Migrate(context.Background(), db); err != nil {
 		t.Fatal(err)

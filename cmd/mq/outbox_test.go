@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"net/url"
 	"strings"
 	"testing"
@@ -17,16 +16,8 @@ import (
 // of a table, exits 3 past a threshold, and never shows the database
 // password.
 func TestOutboxCommand(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs PostgreSQL")
-	}
-	pg := testbed.SharedPostgres(t)
+	db, pg := testbed.PostgresDB(t)
 	ctx := context.Background()
-	db, err := sql.Open("pgx", pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	table := outbox.Table("cli_outbox_" + strings.ReplaceAll(mq.NewID(), "-", "")[20:])
 	if err := table.Migrate(ctx, db); err != nil {
 		t.Fatal(err)

@@ -29,15 +29,7 @@ func TestMain(m *testing.M) { testbed.Main(m) }
 // failed in CI; see package testbed).
 func openDB(t *testing.T) *sql.DB {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a PostgreSQL container")
-	}
-	pg := testbed.SharedPostgres(t)
-	db, err := sql.Open("pgx", pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
+	db, _ := testbed.PostgresDB(t)
 	return db
 }
 
