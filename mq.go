@@ -88,6 +88,13 @@ type Message struct {
 	// Attempt counts deliveries of this message to this consumer group,
 	// starting at 1. Set on delivery.
 	Attempt int
+
+	// DeliverAt, set by the producer, delays the message: it waits in the
+	// broker and is delivered not before this time (see DeliverAfter and
+	// Scheduler). Zero, or a time already past, sends it now. On
+	// delivery it is the time the message was due, zero for a message
+	// that was not delayed.
+	DeliverAt time.Time
 }
 
 // HeaderIDNotUnique is the header a backend sets, to "true", on a

@@ -12,6 +12,7 @@ type producer struct {
 	limit  int         // the smaller of WithMaxMessageBytes and the backend's limit; 0: none
 	send   ProduceFunc // the size check and the backend's Send, inside the produce middleware
 	copies bool        // produce middleware is installed: it gets copies of the messages
+	delays bool        // the backend is a Scheduler: messages due later go to Schedule
 	closed atomic.Bool
 }
 
@@ -25,6 +26,7 @@ func newProducer(c *Client, o options) *producer {
 		}
 	}
 	p := &producer{client: c, limit: limit, copies: len(o.produceMW) > 0}
+	_, p.delays = c.conn.(Scheduler)
 	p.send = chainProduce(p.checkedSend, o.produceMW)
 	return p
 }
@@ -38,6 +40,9 @@ func (p *producer) checkedSend(ctx context.Context, topic string, msgs []*Messag
 				return fmt.Errorf("%w: message %s is %d bytes, the limit is %d", ErrMessageTooLarge, m.ID, n, p.limit)
 			}
 		}
+	}
+	if p.delays {
+		return p.sendOrSchedule(ctx, topic, msgs)
 	}
 	return p.client.conn.Send(ctx, topic, msgs)
 }
@@ -70,13 +75,17 @@ func (p *producer) Produce(ctx context.Context, topic string, msgs ...*Message) 
 			m.ID = NewID()
 		}
 	}
-	send := msgs
+	send, err := p.prepareDelayed(msgs)
+	if err != nil {
+		return fmt.Errorf("mq: produce to %q: %w", topic, err)
+	}
 	if p.copies {
 		// Middleware may add headers: to copies, so a caller's Headers
 		// map (shared between messages, or goroutines) is never written.
-		send = make([]*Message, len(msgs))
-		cp := make([]Message, len(msgs))
-		for i, m := range msgs {
+		orig := send
+		send = make([]*Message, len(orig))
+		cp := make([]Message, len(orig))
+		for i, m := range orig {
 			cp[i] = *m
 			cp[i].Headers = maps.Clone(m.Headers)
 			send[i] = &cp[i]

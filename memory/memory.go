@@ -85,6 +85,8 @@ type Broker struct {
 	closed bool
 	seq    uint64
 	done   chan struct{}
+
+	scheduler *scheduler // delayed messages, made on first use
 }
 
 // NewBroker returns a new broker with no topics.
@@ -103,10 +105,20 @@ func (b *Broker) Conn() mq.Conn { return &conn{b: b} }
 // Close is idempotent.
 func (b *Broker) Close() error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if !b.closed {
 		b.closed = true
 		close(b.done)
+	}
+	s := b.scheduler
+	b.mu.Unlock()
+	if s != nil {
+		s.cancel()
+		s.mu.Lock()
+		started := s.started
+		s.mu.Unlock()
+		if started {
+			<-s.done // the mover returns once it sees done
+		}
 	}
 	return nil
 }

@@ -51,6 +51,10 @@ type Harness struct {
 	// Features says what the backend keeps exact where backends differ;
 	// the suite checks each claim (see Features).
 	Features Features
+
+	// DelayLateness bounds the 99th percentile of how late delayed
+	// messages arrive after they were due. Default 1s.
+	DelayLateness time.Duration
 }
 
 // Run runs the whole conformance suite as subtests of t.
@@ -66,6 +70,9 @@ func Run(t *testing.T, h Harness) {
 	}
 	if h.MaxBodyBytes == 0 {
 		h.MaxBodyBytes = 1 << 20
+	}
+	if h.DelayLateness == 0 {
+		h.DelayLateness = time.Second
 	}
 	if h.TopicPrefix == "" {
 		h.TopicPrefix = "mqtest"
@@ -91,6 +98,11 @@ func Run(t *testing.T, h Harness) {
 		{"EarlyMessages", s.testEarlyMessages},
 		{"AttemptsAcrossMembers", s.testAttemptsAcrossMembers},
 		{"KeyOrderAcrossMembers", s.testKeyOrderAcrossMembers},
+		{"DelayRoundTrip", s.testDelayRoundTrip},
+		{"DelayLateness", s.testDelayLateness},
+		{"DelayLongDoesNotHoldShort", s.testDelayLongDoesNotHoldShort},
+		{"DelayMovedOnce", s.testDelayMovedOnce},
+		{"DelayStats", s.testDelayStats},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.fn)

@@ -1,0 +1,196 @@
+package memory
+
+import (
+	"container/heap"
+	"context"
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/mqkit/mq"
+)
+
+// scheduler keeps the broker's delayed messages in a heap ordered by due
+// time, and one goroutine (started with the first scheduled message,
+// stopped by Broker.Close) moves each into its topic when due. Being in
+// process, it is as durable as the broker itself.
+type scheduler struct {
+	b      *Broker
+	ctx    context.Context // cancelled by Broker.Close: a move waiting for room gives up
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	items   delayHeap
+	started bool
+	wake    chan struct{} // buffered(1): an earlier item was added
+	done    chan struct{} // closed when the mover returns
+}
+
+type delayed struct {
+	due   time.Time
+	seq   uint64 // FIFO among equal due times
+	topic string
+	e     *entry
+}
+
+type delayHeap []*delayed
+
+func (h delayHeap) Len() int { return len(h) }
+func (h delayHeap) Less(i, j int) bool {
+	if !h[i].due.Equal(h[j].due) {
+		return h[i].due.Before(h[j].due)
+	}
+	return h[i].seq < h[j].seq
+}
+func (h delayHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *delayHeap) Push(x any)   { *h = append(*h, x.(*delayed)) }
+func (h *delayHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	return x
+}
+
+// Schedule implements mq.Scheduler: msgs wait in the broker's heap, not in
+// any group, until due.
+func (c *conn) Schedule(_ context.Context, topicName string, msgs []*mq.Message) error {
+	if _, err := c.b.topic(topicName, true); err != nil {
+		return err
+	}
+	s := c.b.sched()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.b.mu.Lock()
+	closed := c.b.closed
+	c.b.mu.Unlock()
+	if closed {
+		return mq.ErrClosed
+	}
+	var top time.Time // the earliest due before these
+	if len(s.items) > 0 {
+		top = s.items[0].due
+	}
+	earliest := false
+	for _, m := range msgs {
+		c.b.mu.Lock()
+		c.b.seq++
+		seq := c.b.seq
+		c.b.mu.Unlock()
+		heap.Push(&s.items, &delayed{due: m.DeliverAt, seq: seq, topic: topicName, e: &entry{msg: mq.Message{
+			ID:      m.ID,
+			Key:     m.Key,
+			Headers: maps.Clone(m.Headers),
+			Body:    append([]byte{}, m.Body...),
+			Topic:   topicName,
+		}}})
+		if top.IsZero() || m.DeliverAt.Before(top) {
+			earliest = true
+		}
+	}
+	if !s.started {
+		s.started = true
+		go s.run()
+	}
+	if earliest {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// Scheduled implements mq.Scheduler.
+func (c *conn) Scheduled(_ context.Context, topicName string) (mq.ScheduleStats, error) {
+	c.b.mu.Lock()
+	closed := c.b.closed
+	c.b.mu.Unlock()
+	if closed {
+		return mq.ScheduleStats{}, mq.ErrClosed
+	}
+	s := c.b.sched()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st mq.ScheduleStats
+	for _, d := range s.items {
+		if d.topic != topicName {
+			continue
+		}
+		st.Waiting++
+		if st.NextDue.IsZero() || d.due.Before(st.NextDue) {
+			st.NextDue = d.due
+		}
+	}
+	return st, nil
+}
+
+// sched returns the broker's scheduler, made on first use.
+func (b *Broker) sched() *scheduler {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.scheduler == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		b.scheduler = &scheduler{b: b, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	}
+	return b.scheduler
+}
+
+// run moves due messages into their topics until the broker closes.
+func (s *scheduler) run() {
+	defer close(s.done)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		var batch []*delayed
+		now := time.Now()
+		for len(s.items) > 0 && !s.items[0].due.After(now) && len(batch) < 1024 {
+			batch = append(batch, heap.Pop(&s.items).(*delayed))
+		}
+		wait := time.Hour
+		if len(s.items) > 0 {
+			wait = time.Until(s.items[0].due)
+		}
+		s.mu.Unlock()
+		if len(batch) > 0 {
+			if !s.move(batch) {
+				return
+			}
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-s.b.done:
+			return
+		case <-s.wake:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// move appends due messages to their topics, waiting for room as Send
+// does. It reports false once the broker is closed.
+func (s *scheduler) move(batch []*delayed) bool {
+	for _, d := range batch {
+		t, err := s.b.topic(d.topic, true)
+		if err != nil {
+			return false
+		}
+		d.e.msg.Timestamp = time.Now()
+		for es := []*entry{d.e}; len(es) > 0; {
+			n, err := t.append(s.ctx, es)
+			if err != nil {
+				return false
+			}
+			es = es[n:]
+		}
+	}
+	return true
+}
