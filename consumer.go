@@ -100,8 +100,9 @@ func (c *consumer) Consume(ctx context.Context, h Handler) error {
 	}()
 
 	d := newDispatcher(Chain(h, c.opts.consumeMW...), c.sub, c.opts)
+	d.consumer = DeliveryInfo{Scheme: c.client.scheme, Topic: c.topic, Group: c.group}
 	if len(c.opts.consumeMW) > 0 {
-		d.info = &DeliveryInfo{Scheme: c.client.scheme, Topic: c.topic, Group: c.group}
+		d.info = &d.consumer
 	}
 	err := d.run(ctx)
 	if err != nil {
@@ -140,7 +141,8 @@ type dispatcher struct {
 	hctx context.Context // handlers' context: not cancelled until the shutdown timeout
 	actx context.Context // acks' context: never cancelled by shutdown
 
-	info *DeliveryInfo // the consumer's part of every DeliveryInfo; nil: no consume middleware, none recorded
+	info     *DeliveryInfo // the consumer's part of every DeliveryInfo; nil: no consume middleware, none recorded
+	consumer DeliveryInfo  // scheme, topic and group, for DeliveryFrom without consume middleware
 
 	room     chan struct{} // a token when in-flight drops below the bound
 	stopping chan struct{} // closed when shutdown begins; seen by handlers through ShuttingDown
@@ -300,7 +302,9 @@ func (d *dispatcher) releaseQueue(q *keyQueue) {
 
 func (d *dispatcher) run(ctx context.Context) error {
 	var hcancel context.CancelFunc
-	d.hctx, hcancel = context.WithCancel(context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, d.stopping))
+	base := context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, d.stopping)
+	base = context.WithValue(base, consumerKey{}, &d.consumer)
+	d.hctx, hcancel = context.WithCancel(base)
 	defer hcancel()
 	d.actx = context.WithoutCancel(ctx)
 

@@ -101,6 +101,11 @@ const (
 
 type deliveryKey struct{}
 
+// consumerKey is the key of the consumer's own DeliveryInfo (scheme,
+// topic and group only) in every handler context: a value set once per
+// Consume, read only by DeliveryFrom.
+type consumerKey struct{}
+
 // infoCtx is the context of one handler call with its DeliveryInfo, both
 // in one allocation (a context.WithValue would be a second one). A
 // handler may keep it, or the info, like any context: neither is reused.
@@ -118,15 +123,23 @@ func (c *infoCtx) Value(key any) any {
 
 func (c *infoCtx) String() string { return fmt.Sprintf("%v.WithDeliveryInfo", c.Context) }
 
-// DeliveryFrom returns the delivery info of a handler's context, when the
-// consumer has consume middleware (WithConsumeMiddleware); the consumer
-// only records it then, so a consumer without it pays nothing.
+// DeliveryFrom returns the delivery info of a handler's context. With
+// consume middleware (WithConsumeMiddleware) it is complete; without it,
+// the consumer records no per-delivery info, so a consumer without it
+// pays nothing, and DeliveryFrom returns a copy of the consumer's own
+// part: Scheme, Topic and Group, nothing else.
 func DeliveryFrom(ctx context.Context) (*DeliveryInfo, bool) {
 	if c, ok := ctx.(*infoCtx); ok { // the outermost middleware's: no lookup
 		return &c.info, true
 	}
-	d, ok := ctx.Value(deliveryKey{}).(*DeliveryInfo)
-	return d, ok
+	if d, ok := ctx.Value(deliveryKey{}).(*DeliveryInfo); ok {
+		return d, true
+	}
+	if c, ok := ctx.Value(consumerKey{}).(*DeliveryInfo); ok {
+		cp := *c // the caller may write it (SetOutcome): its own copy
+		return &cp, true
+	}
+	return nil, false
 }
 
 // SetOutcome records, for the consume middleware of the delivery ctx

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/middleware"
 )
 
 // The delayed-delivery subtests: messages produced with DeliverAt wait in
@@ -295,5 +296,96 @@ func (s *suite) testDelayStats(t *testing.T) {
 	t.Logf("Scheduled: %d waiting, next due %v", st.Waiting, st.NextDue)
 	if st, err := c.Scheduled(s.ctx(t), s.topic(t)); err != nil || st.Waiting > 0 {
 		t.Fatalf("Scheduled of a topic with nothing scheduled: %+v, %v", st, err)
+	}
+}
+
+func (s *suite) testDelayRetryLater(t *testing.T) {
+	c := s.open(t)
+	if !s.scheduler(t, c) {
+		return
+	}
+	topic := s.topic(t)
+	p := c.Producer()
+	defer p.Close()
+
+	var (
+		mu        sync.Mutex
+		attempts  []int       // of "bad", in call order
+		failedAt  []time.Time // when each call of "bad" failed
+		exhausted []error
+	)
+	goods := newArrivals()
+	fail := mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		if string(m.Body) != "bad" {
+			return goods.handler()(ctx, m)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		attempts = append(attempts, m.Attempt)
+		failedAt = append(failedAt, time.Now())
+		return errors.New("always fails")
+	})
+	retry := middleware.RetryLater(middleware.RetryLaterConfig{
+		Producer: p, MaxAttempts: 3, InitialInterval: 300 * time.Millisecond, MaxInterval: 300 * time.Millisecond, Jitter: middleware.JitterNone,
+	})
+	h := mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		err := retry(fail).Handle(ctx, m)
+		if errors.Is(err, middleware.ErrRetriesExhausted) {
+			mu.Lock()
+			exhausted = append(exhausted, err)
+			mu.Unlock()
+			return nil // the test's dead-letter topic
+		}
+		return err
+	})
+	other := newArrivals()
+	s.start(t, c, topic, "g1", h)
+	s.start(t, c, topic, "g2", other.handler())
+
+	bad := &mq.Message{Key: "k", Body: []byte("bad"), Headers: map[string]string{"h": "v"}}
+	msgs := []*mq.Message{bad}
+	for i := range 20 {
+		msgs = append(msgs, &mq.Message{Key: "k", Body: []byte(fmt.Sprint("good-", i))})
+	}
+	s.produce(t, p, topic, msgs...)
+	goods.wait(t, s.h.Timeout, idsOf(msgs[1:])...)
+	mu.Lock()
+	early := slices.Clone(attempts)
+	mu.Unlock()
+	if len(early) > 1 {
+		t.Errorf("the key's later messages waited for the retries: %d calls of the failing message before they were all handled", len(early))
+	}
+	deadline := time.Now().Add(s.h.Timeout)
+	for {
+		mu.Lock()
+		n := len(exhausted)
+		mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(s.h.SettleTime)
+	other.wait(t, s.h.Timeout, idsOf(msgs)...)
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(attempts, []int{1, 2, 3}) {
+		t.Fatalf("failing message called with attempts %v, want [1 2 3]", attempts)
+	}
+	if len(exhausted) != 1 {
+		t.Fatalf("retries exhausted %d times, want once", len(exhausted))
+	}
+	for i := 1; i < len(failedAt); i++ {
+		if gap := failedAt[i].Sub(failedAt[i-1]); gap < 300*time.Millisecond {
+			t.Errorf("retry %d came %v after the failure, before its 300ms delay", i, gap)
+		}
+	}
+	for _, m := range msgs {
+		if _, _, n := other.get(m.ID); n != 1 {
+			t.Errorf("group g2 handled %q %d times, want once (retries are for g1 only)", m.Body, n)
+		}
+	}
+	if _, got, _ := other.get(bad.ID); got != nil && !maps.Equal(got.Headers, bad.Headers) {
+		t.Errorf("g2 saw headers %v, want %v", got.Headers, bad.Headers)
 	}
 }

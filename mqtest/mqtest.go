@@ -103,6 +103,7 @@ func Run(t *testing.T, h Harness) {
 		{"DelayLongDoesNotHoldShort", s.testDelayLongDoesNotHoldShort},
 		{"DelayMovedOnce", s.testDelayMovedOnce},
 		{"DelayStats", s.testDelayStats},
+		{"DelayRetryLater", s.testDelayRetryLater},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, tc.fn)
