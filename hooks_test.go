@@ -98,6 +98,9 @@ func TestHooks(t *testing.T) {
 	}
 }
 
+// TestNoDeliveryInfoWithoutHooks: without consume middleware the consumer
+// records nothing per delivery; DeliveryFrom gives only the consumer's
+// own scheme, topic and group.
 func TestNoDeliveryInfoWithoutHooks(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -114,8 +117,11 @@ func TestNoDeliveryInfoWithoutHooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cons.Consume(ctx, mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
-		if _, ok := mq.DeliveryFrom(ctx); ok {
-			t.Error("delivery info recorded without consume middleware")
+		info, ok := mq.DeliveryFrom(ctx)
+		if !ok || info.Topic != "t" || info.Group != "g" || info.Scheme != "mem" {
+			t.Errorf("DeliveryFrom without consume middleware = %+v, %v; want the consumer's topic and group", info, ok)
+		} else if info.Partition != "" || info.Offset != "" || !info.Received.IsZero() {
+			t.Errorf("per-delivery info recorded without consume middleware: %+v", info)
 		}
 		mq.SetOutcome(ctx, mq.OutcomeDeadLettered) // a no-op, no panic
 		cancel()
