@@ -69,6 +69,11 @@ func (a *app) lag(ctx context.Context, args []string) int {
 			fmt.Fprintf(a.stdout, "%s  topic %s  group %s\n", time.Now().Format(time.TimeOnly), *topic, *group)
 		}
 		total, oldest := printLag(a.stdout, parts)
+		if st, err := c.Scheduled(ctx, *topic); err == nil {
+			printScheduled(a.stdout, st)
+		} else if !errors.Is(err, mq.ErrDelayUnsupported) {
+			fmt.Fprintf(a.stdout, "scheduled: unknown (%v)\n", err)
+		}
 		if *maxLag >= 0 && total > *maxLag {
 			a.fail("lag", fmt.Errorf("backlog %d is above -max-lag %d", total, *maxLag))
 			return exitThreshold
@@ -89,6 +94,19 @@ func (a *app) lag(ctx context.Context, args []string) int {
 			fmt.Fprintln(a.stdout)
 		}
 	}
+}
+
+// printScheduled writes the line about delayed messages waiting for the
+// topic (they are no group's backlog yet).
+func printScheduled(w io.Writer, st mq.ScheduleStats) {
+	next := "none"
+	switch {
+	case st.Waiting != 0 && st.NextDue.IsZero():
+		next = "unknown"
+	case !st.NextDue.IsZero():
+		next = fmt.Sprintf("%s (in %v)", st.NextDue.Format(time.RFC3339), time.Until(st.NextDue).Round(time.Second))
+	}
+	fmt.Fprintf(w, "scheduled (delayed, not yet due) %s, next due %s\n", count(st.Waiting), next)
 }
 
 // printLag writes the lag table and returns the total backlog (unacked

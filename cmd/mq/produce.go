@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"time"
 
 	"github.com/mqkit/mq"
 )
@@ -21,8 +22,10 @@ func (a *app) produce(ctx context.Context, args []string) int {
 	key := fs.String("key", "", "message key (orders and routes messages)")
 	headers := headerFlags{}
 	fs.Var(headers, "header", "header `name=value` (repeatable)")
+	delay := fs.Duration("delay", 0, "deliver the messages `D` from now (they wait in the broker)")
+	at := fs.String("at", "", "deliver the messages at `TIME` (RFC 3339, e.g. 2026-12-24T09:00:00Z)")
 	fs.Usage = func() {
-		fmt.Fprintf(a.stderr, "usage: mq produce -topic T [-key K] [-header k=v ...] [message ...]\n\nWith no messages, sends one message per line of stdin.\n\n")
+		fmt.Fprintf(a.stderr, "usage: mq produce -topic T [-key K] [-header k=v ...] [-delay D | -at TIME] [message ...]\n\nWith no messages, sends one message per line of stdin.\n\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := a.parse(fs, args); !ok {
@@ -30,6 +33,21 @@ func (a *app) produce(ctx context.Context, args []string) int {
 	}
 	if *topic == "" {
 		return a.usageErr(fs, "-topic is required")
+	}
+	var deliverAt time.Time
+	switch {
+	case *delay < 0:
+		return a.usageErr(fs, "-delay must not be negative")
+	case *delay > 0 && *at != "":
+		return a.usageErr(fs, "-delay and -at exclude each other")
+	case *delay > 0:
+		deliverAt = time.Now().Add(*delay)
+	case *at != "":
+		t, err := time.Parse(time.RFC3339, *at)
+		if err != nil {
+			return a.usageErr(fs, "-at %q is not an RFC 3339 time (2026-12-24T09:00:00Z)", *at)
+		}
+		deliverAt = t
 	}
 	c, code := a.connect(ctx, "produce", *url)
 	if c == nil {
@@ -40,7 +58,7 @@ func (a *app) produce(ctx context.Context, args []string) int {
 	defer p.Close()
 
 	newMsg := func(body string) *mq.Message {
-		m := &mq.Message{Key: *key, Body: []byte(body)}
+		m := &mq.Message{Key: *key, Body: []byte(body), DeliverAt: deliverAt}
 		if len(headers) > 0 {
 			m.Headers = maps.Clone(headers)
 		}
