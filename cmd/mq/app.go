@@ -47,19 +47,20 @@ type command struct {
 }
 
 var commands = []command{
-	{"produce", "-topic T [-key K] [-header k=v ...] [message ...]", "send messages (the arguments, or stdin lines)", (*app).produce},
+	{"produce", "-topic T [-key K] [-header k=v ...] [-delay D | -at TIME] [message ...]", "send messages (the arguments, or stdin lines)", (*app).produce},
 	{"consume", "-topic T [-group G -ack] [-json] [-n N] [-timeout D]", "print a topic's messages (in a private group unless -group G -ack)", (*app).consume},
 	{"dlq", "list|redrive|ensure -topic T [flags]", "inspect and redrive dead letters", (*app).dlq},
 	{"lag", "-topic T -group G", "show how far a consumer group is behind", (*app).lag},
 	{"outbox", "[-db URL] [-table T] [-n N] [-max-age D]", "show a transactional outbox's pending rows and their age", (*app).outboxCmd},
 	{"demo", "[-orders N] [-seed S]", "run an order pipeline with retries, dedup and a DLQ", (*app).demo},
 	{"bench", "[-n N] [-size S] [-producers C] [-batch B] [-concurrency K] [-keys N] [-mode produce|consume|mixed|all] [-bare] [-handler-sleep D]", "measure throughput, latency and memory (SDK vs bare driver)", (*app).bench},
+	{"bench-delay", "[-n N] [-spread D] [-mode delay|retry|all]", "measure delayed delivery's lateness, and retries through the broker", (*app).benchDelay},
 }
 
 func (a *app) usage() {
 	fmt.Fprintf(a.stderr, "usage: mq [-url URL] <command> [flags]\n\nCommands:\n")
 	for _, c := range commands {
-		fmt.Fprintf(a.stderr, "  %-8s %s\n  %-8s   %s\n", c.name, c.args, "", c.summary)
+		fmt.Fprintf(a.stderr, "  %-11s %s\n  %-11s   %s\n", c.name, c.args, "", c.summary)
 	}
 	fmt.Fprintf(a.stderr, "\nThe broker URL comes from -url, else $MQ_URL; there is no default (mem:// names a\nthrowaway broker inside the command; mq demo uses it when no URL is given).\n")
 	fmt.Fprintf(a.stderr, "Schemes: %s. Run \"mq <command> -h\" for a command's flags.\n", strings.Join(mq.Schemes(), ", "))
