@@ -98,6 +98,7 @@ func Run(t *testing.T, h Harness) {
 		{"EarlyMessages", s.testEarlyMessages},
 		{"AttemptsAcrossMembers", s.testAttemptsAcrossMembers},
 		{"KeyOrderAcrossMembers", s.testKeyOrderAcrossMembers},
+		{"BatchConsume", s.testBatchConsume},
 		{"DelayRoundTrip", s.testDelayRoundTrip},
 		{"DelayLateness", s.testDelayLateness},
 		{"DelayLongDoesNotHoldShort", s.testDelayLongDoesNotHoldShort},
