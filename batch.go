@@ -32,7 +32,9 @@ type BatchHandler interface {
 type BatchHandlerFunc func(ctx context.Context, msgs []*Message) error
 
 // HandleBatch calls f(ctx, msgs).
-func (f BatchHandlerFunc) HandleBatch(ctx context.Context, msgs []*Message) error { return f(ctx, msgs) }
+func (f BatchHandlerFunc) HandleBatch(ctx context.Context, msgs []*Message) error {
+	return f(ctx, msgs)
+}
 
 // BatchError is what a BatchHandler returns when some messages of the
 // batch failed and others did not.
