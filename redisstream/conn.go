@@ -139,6 +139,8 @@ type Conn struct {
 	verified sync.Map // topic -> struct{}: shard layout checked
 
 	subs closeset.Set[*subscription] // closed: the Conn is
+
+	moversState // delayed delivery: a mover per topic subscribed (delay.go)
 }
 
 // NewConn returns a Conn that uses client, which may be a *redis.Client

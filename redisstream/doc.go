@@ -223,6 +223,76 @@
 // honour their context: a handler that ignores the cancellation may still
 // run when the shard's next holder starts the key.
 //
+// # Delayed delivery
+//
+// Conn implements mq.Scheduler: a message produced with DeliverAt in the
+// future waits in Redis, in the topic's schedule, and enters the topic
+// when due. It needs no URL parameter. The schedule is two keys in the
+// hash slot of the topic's streams, so Redis Cluster runs the move in one
+// node: the sorted set "{topic}:delay" (members scored by due time in
+// unix milliseconds, rounded up) and the hash "{topic}:delay:msgs" (each
+// member's stream entry fields, the wire format above as netstrings
+// "LEN:BYTES", headers sorted). For an unsharded topic with a hash tag of
+// its own, "orders{eu}" say, the prefix is "{eu}:orders{eu}" instead. A
+// member is "SHARD:DUE_NANOSECONDS:DIGEST:ID": the shard is chosen at
+// Schedule time from the key, as Send does, and the digest covers shard,
+// due time and fields, so scheduling the same message (same ID, key,
+// headers, body and DeliverAt) again while it waits, as a retried
+// Produce does, stores it once. Schedule writes both keys of up to 500
+// messages in one MULTI/EXEC and returns after every EXEC was answered:
+// as durable as Send (with appendfsync always, on disk). A waiting
+// message holds no consumer memory and no handler slot; it survives a
+// Redis restart (with persistence) and a crash of any process.
+//
+// Due messages are moved by every subscription of the topic: each Conn
+// runs one mover per topic it subscribes to, whatever the group, started
+// by the first Subscribe and stopped (Close waits for it) when the last
+// subscription of the topic on the Conn closes. A mover runs one Lua
+// script that takes up to 256 members due by the mover's clock (about 4
+// MiB of payload at most, so Redis is never blocked long), XADDs each to
+// its stream with the same fields (trimmed by maxlen or max_age like
+// Send) and removes it from the schedule, all in one atomic step: any
+// number of movers, in any number of processes, never move a message
+// twice and never skip one. The moved entry is a normal entry, read
+// exactly like a sent one, with its ID, key, headers and body; its entry
+// ID's time (the message's Timestamp) is when it was moved, and the
+// groups of the topic at that time receive it. The script returns when
+// the next member is due; the mover sleeps until then, at most 200ms (so
+// members scheduled by other processes are noticed within that), and a
+// Schedule on the same Conn of an earlier message wakes it at once.
+// Measured on a 2-core test machine (Redis on the same host, appendfsync
+// always): one mover moved about 45,000 messages/s; 100,000 messages
+// spread over a minute reached a consumer p50 2ms, p99 18ms after they
+// were due.
+//
+// Guarantees and limits: a message is never moved before DeliverAt by
+// the clock of the process that moves it (clocks of other hosts that are
+// ahead of the producer's make it early by the difference). Nothing
+// moves while no subscription of the topic is open on any Conn: messages
+// then wait, and are moved when one subscribes (Scheduled shows them).
+// A message scheduled twice with different content or due time (an
+// application that retries Produce with a new DeliverAfter) is two
+// entries with one ID, delivered twice as any duplicate is. A stored
+// entry carries the header mq-deliver-at (field h:mq-deliver-at), which
+// the SDK's consumer turns back into Message.DeliverAt and removes;
+// foreign consumers see it. A delayed message may have at most 3,000
+// headers (the script passes its fields to XADD in one Lua call).
+// Members of the schedule that this SDK did not write (no payload, a
+// payload that does not parse, no id field) are moved, when due, to the
+// hash "{topic}:delay:aside" (member to payload) and logged as a
+// warning, so they never block the messages behind them. An XADD that
+// fails (the stream key holds another type, Redis is out of memory)
+// leaves its message and the rest scheduled, and the mover retries with
+// a backoff, logging each failure. On Redis Cluster an unsharded topic
+// whose name has a '}' but no hash tag, or a sharded one whose name
+// starts with '}', cannot have its schedule in its streams' slot:
+// Produce of a delayed message to it fails with an error wrapping
+// mq.ErrDelayUnsupported.
+//
+// Scheduled reports ZCARD of the schedule as Waiting and the due time of
+// its first member as NextDue (both exact; members to be set aside count
+// until a mover set them aside).
+//
 // # Errors
 //
 // Errors of a Redis that cannot be reached or is not serving wrap

@@ -55,8 +55,12 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 		// invariant simple: history before new entries.
 		s.history[streams[0]] = "0"
 	}
+	// The topic's mover of delayed messages, before the subscription is
+	// in the set that Conn.Close closes, whose Close releases it.
+	s.mover = c.acquireMover(topic)
 	if !c.subs.Add(s) {
-		return nil, mq.ErrClosed // nothing started yet: nothing to close
+		c.releaseMover(s.mover)
+		return nil, mq.ErrClosed // nothing else started yet: nothing to close
 	}
 
 	s.wg.Add(2)
@@ -99,6 +103,7 @@ type subscription struct {
 	streams  []string
 	shards   *shardSet // nil without sharding
 	rd       *reader
+	mover    *mover // the Conn's mover of the topic's delayed messages, shared (delay.go)
 
 	window    int           // SubscribeOptions.MaxInFlight: the most entries delivered and not settled (0: no bound but Receive's)
 	conc      int           // SubscribeOptions.Concurrency
@@ -360,6 +365,7 @@ func (s *subscription) Close() error {
 			}
 		}
 		s.c.forget(s)
+		s.c.releaseMover(s.mover)
 		s.closeErr = errors.Join(errs...)
 	})
 	return s.closeErr
