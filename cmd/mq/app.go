@@ -54,7 +54,7 @@ var commands = []command{
 	{"outbox", "[-db URL] [-table T] [-n N] [-max-age D]", "show a transactional outbox's pending rows and their age", (*app).outboxCmd},
 	{"demo", "[-orders N] [-seed S]", "run an order pipeline with retries, dedup and a DLQ", (*app).demo},
 	{"bench", "[-n N] [-size S] [-producers C] [-batch B] [-concurrency K] [-keys N] [-mode produce|consume|mixed|all] [-bare] [-handler-sleep D]", "measure throughput, latency and memory (SDK vs bare driver)", (*app).bench},
-	{"bench-delay", "[-n N] [-spread D] [-mode delay|retry|all]", "measure delayed delivery's lateness, and retries through the broker", (*app).benchDelay},
+	{"bench-delay", "[-n N] [-spread D] [-mode delay|retry|batch|all]", "measure delayed delivery's lateness, retries through the broker, batch consume", (*app).benchDelay},
 }
 
 func (a *app) usage() {

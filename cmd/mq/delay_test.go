@@ -76,7 +76,7 @@ func TestProduceDelayed(t *testing.T) {
 // or doubled, and the retry table has its three modes.
 func TestBenchDelay(t *testing.T) {
 	s := newShared(t)
-	code, out, stderr := s.run(t, "", "bench-delay", "-n", "500", "-spread", "300ms", "-retry-n", "100", "-quiet")
+	code, out, stderr := s.run(t, "", "bench-delay", "-n", "500", "-spread", "300ms", "-retry-n", "100", "-batch-n", "400", "-quiet")
 	if code != exitOK {
 		t.Fatalf("bench-delay: exit %d, stderr %q", code, stderr)
 	}
@@ -89,7 +89,10 @@ func TestBenchDelay(t *testing.T) {
 	if row == nil || row[5] != "0" || row[6] != "0" || row[7] != "0" {
 		t.Fatalf("bench-delay delay row %q: want 0 early, 0 duplicates, 0 lost\n%s", row, out)
 	}
-	for _, mode := range []string{"none", "retry", "retry-later"} {
+	if !strings.Contains(out, "batch ÷ single: ") {
+		t.Errorf("no batch ÷ single ratio:\n%s", out)
+	}
+	for _, mode := range []string{"none", "retry", "retry-later", "single", "batch"} {
 		if !strings.Contains(out, mode+"   ") && !strings.Contains(out, " "+mode+" ") {
 			t.Errorf("retry table lacks mode %q:\n%s", mode, out)
 		}
