@@ -53,8 +53,9 @@ var (
 
 // Conn is a self-healing connection to RabbitMQ. It implements mq.Conn
 // (wrap it with mq.NewClient, or get it from mq.Open's Client.Conn),
-// mq.Sizer and mq.GroupDeleter, and adds Lag, Backlog and DeadLetter. It
-// is safe for concurrent use.
+// mq.Sizer, mq.GroupDeleter and mq.Scheduler (see the package
+// documentation, "Delayed delivery"), and adds Lag, Backlog and
+// DeadLetter. It is safe for concurrent use.
 //
 // It keeps two AMQP connections, dialed again with backoff whenever they
 // drop: one for publishing (a pool of channels in confirm mode) and one,
@@ -87,6 +88,8 @@ type Conn struct {
 	pinging atomic.Bool // a Ping's round trip is unanswered
 
 	bg sync.WaitGroup // calls abandoned to a blocked or hung broker
+
+	delays delays // delayed delivery: declared levels, relays (delay.go)
 }
 
 // Dial connects to the broker of cfg.URL and returns a connection. It
@@ -150,6 +153,7 @@ func (c *Conn) Close() error {
 	c.pub.close()
 	c.sub.close()
 	_, _ = c.subs.CloseAll() // a subscription's Close returns nil
+	c.stopRelays()
 	// Calls abandoned to the broker fail now that the connections are
 	// closed.
 	c.bg.Wait()

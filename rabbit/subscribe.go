@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,7 +17,9 @@ import (
 // QueueNames) and binds them to the topic's exchange before it returns, so
 // the group keeps every message produced afterwards, then consumes them
 // with manual acknowledgements and a prefetch of Config.Prefetch (default
-// opts.MaxInFlight) per queue.
+// opts.MaxInFlight) per queue. While the connection has a subscription of
+// the topic, it moves the topic's due delayed messages into it (see the
+// package documentation, "Delayed delivery").
 //
 // While the broker cannot be reached, Subscribe retries for at most
 // Config.ReconnectTimeout and then fails with an error wrapping
@@ -34,6 +37,9 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 	}
 	if group == unroutedGroup {
 		return nil, fmt.Errorf("rabbit: group name %q is reserved: queue %q keeps the messages of a topic without groups", group, unroutedName(topic))
+	}
+	if strings.HasPrefix(group, delayBase+".") {
+		return nil, fmt.Errorf("rabbit: group names starting with %q are reserved: queues %q keep the topic's delayed messages", delayBase+".", topic+"."+delayBase+".*")
 	}
 	prefetch := c.cfg.Prefetch
 	if prefetch == 0 {
@@ -89,9 +95,12 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 			return nil, fmt.Errorf("rabbit: subscribe: %w (last failure: %w)", err, unavailable(lastErr))
 		}
 	}
+	// The topic's delayed messages are moved while it has subscriptions.
+	s.releaseRelay = c.holdRelay(topic)
 	if c.isClosed() || !c.subs.Add(s) {
 		ss.retire()
 		s.cancel()
+		s.releaseRelay()
 		return nil, mq.ErrClosed
 	}
 	s.wg.Add(1)
@@ -115,6 +124,8 @@ type subscription struct {
 
 	wg        sync.WaitGroup // the supervisor and the forwarders
 	closeOnce sync.Once
+
+	releaseRelay func() // lets the topic's relay of delayed messages go
 
 	mu   sync.Mutex
 	cur  *session // the live channel, nil while reconnecting
@@ -332,6 +343,7 @@ func (s *subscription) Close() error {
 		s.mu.Unlock()
 		s.cancel()
 		s.wg.Wait()
+		s.releaseRelay()
 		s.c.subs.Remove(s)
 		s.c.mu.Lock()
 		for m, d := range s.c.live {
