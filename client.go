@@ -33,7 +33,7 @@ type Client struct {
 //
 //	group=NAME                consumer group (see WithGroup)
 //	concurrency=N             handlers run at once per consumer (default 1)
-//	max_in_flight=N           unsettled messages per consumer (default 4×concurrency, at least 16)
+//	max_in_flight=N           unsettled messages per consumer (default 4×concurrency, at least 256)
 //	shutdown_timeout=DUR      graceful shutdown bound (default 30s)
 //	nack_backoff=DUR          first in-process redelivery delay (default 100ms, at least 1ms)
 //	max_nack_backoff=DUR      longest in-process redelivery delay (default 10s)
@@ -288,7 +288,7 @@ func (o *options) validate() error {
 // WithConcurrency(32) given to Client.Consumer still gets 4×32 in flight.
 func (o options) resolved() options {
 	if o.maxInFlight == 0 {
-		o.maxInFlight = max(4*o.concurrency, 16)
+		o.maxInFlight = max(4*o.concurrency, DefaultMinInFlight)
 	}
 	if o.maxInFlight < o.concurrency {
 		o.maxInFlight = o.concurrency
@@ -308,10 +308,17 @@ func WithGroup(name string) Option { return func(o *options) { o.group = name } 
 // order; different keys run in parallel.
 func WithConcurrency(n int) Option { return func(o *options) { o.concurrency = n } }
 
+// DefaultMinInFlight is the smallest default of WithMaxInFlight.
+const DefaultMinInFlight = 256
+
 // WithMaxInFlight bounds the messages a consumer holds unsettled: running,
 // queued behind a busy key, or waiting for an in-process retry. When the
 // bound is reached the consumer stops fetching. Default 4×concurrency, at
-// least 16.
+// least 256: a consumer keeps enough messages in flight to hide the
+// broker's round trip even at concurrency 1 (it fetched 16 at a time
+// before, a fifth of the bare driver's speed on Redis). A lower bound
+// holds fewer messages that another member must wait for, or that come
+// again, after a crash.
 func WithMaxInFlight(n int) Option { return func(o *options) { o.maxInFlight = n } }
 
 // WithShutdownTimeout bounds how long a stopping consumer waits for running

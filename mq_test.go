@@ -230,17 +230,18 @@ func TestShuttingDownSignalsHandlers(t *testing.T) {
 }
 
 // TestMaxInFlightFollowsConcurrency: the in-flight default is 4× the
-// concurrency given to Consumer, although Open already settled the other
-// defaults from the URL.
+// concurrency given to Consumer (at least mq.DefaultMinInFlight), although
+// Open already settled the other defaults from the URL.
 func TestMaxInFlightFollowsConcurrency(t *testing.T) {
 	for _, tc := range []struct {
 		url          string
 		opts         []mq.Option
 		conc, flight int
 	}{
-		{"optstest://", []mq.Option{mq.WithConcurrency(32)}, 32, 128},
-		{"optstest://?concurrency=8", nil, 8, 32},
-		{"optstest://", nil, 1, 16},
+		{"optstest://", []mq.Option{mq.WithConcurrency(32)}, 32, 256},
+		{"optstest://", []mq.Option{mq.WithConcurrency(100)}, 100, 400},
+		{"optstest://?concurrency=8", nil, 8, 256},
+		{"optstest://", nil, 1, 256},
 		{"optstest://?max_in_flight=10", []mq.Option{mq.WithConcurrency(20)}, 20, 20},
 		{"optstest://?concurrency=4&max_in_flight=100", nil, 4, 100},
 	} {

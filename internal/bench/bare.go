@@ -25,7 +25,8 @@ import (
 // Consumers hand messages to Concurrency workers by key hash, so a key's
 // messages are handled in order, with at most as many messages fetched
 // and not yet handled as the SDK's default in-flight bound
-// (4×concurrency, at least 16). There is no bare driver for mem://.
+// (4×concurrency, at least mq.DefaultMinInFlight). There is no bare
+// driver for mem://.
 func Bare(rawURL string) (System, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -54,7 +55,7 @@ func stripPortable(u *url.URL) {
 }
 
 // maxInFlight is the SDK's default bound on unsettled messages.
-func maxInFlight(concurrency int) int { return max(4*concurrency, 16) }
+func maxInFlight(concurrency int) int { return max(4*concurrency, mq.DefaultMinInFlight) }
 
 // workers runs handlers on n goroutines, each with its own queue, picking
 // the queue by key hash so that a key's messages run in order. Messages
