@@ -69,7 +69,16 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 		loop: make(chan struct{}), leaving: make(chan struct{}), wake: make(chan struct{}), space: make(chan struct{}),
 		max: max(opts.MaxInFlight, 1),
 	}
+	// The topic's delayed-message relay runs while the Conn has a
+	// subscription of it (delay_relay.go).
+	if !c.acquireRelay(topic) {
+		cancel()
+		_ = cg.Close()
+		_ = client.Close()
+		return nil, mq.ErrClosed
+	}
 	if !c.subs.Add(s) {
+		c.releaseRelay(topic)()
 		cancel()
 		_ = cg.Close()
 		_ = client.Close()
@@ -270,6 +279,10 @@ func (s *subscription) requeue(d *delivery) {
 // unfinished messages stay uncommitted for the group's other members.
 func (s *subscription) Close() error {
 	s.closeOnce.Do(func() {
+		// The topic's relay, when this was its last subscription, stops
+		// while the subscription does.
+		relayStopped := s.conn.releaseRelay(s.topic)
+		defer relayStopped()
 		s.mu.Lock()
 		s.closed = true
 		close(s.leaving)

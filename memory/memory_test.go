@@ -21,7 +21,7 @@ func TestConformance(t *testing.T) {
 			Attempts:              mqtest.AttemptsExact,
 			KeyOrderAcrossMembers: true,
 		},
-		DelayLateness: 100 * time.Millisecond,
+		DelayLateness: time.Second,
 	})
 }
 
