@@ -60,6 +60,30 @@ func TestParseURLDefaults(t *testing.T) {
 	if c.Brokers[0] != "localhost:9092" {
 		t.Errorf("default port not added: %v", c.Brokers)
 	}
+	if got := sc.Consumer.Offsets.AutoCommit.Interval; got != 200*time.Millisecond {
+		t.Errorf("default commit interval %v, want 200ms", got)
+	}
+}
+
+// TestCommitInterval: commit_interval sets how often finished offsets are
+// committed; below 1ms it is refused.
+func TestCommitInterval(t *testing.T) {
+	u, _ := url.Parse("kafka://localhost/?commit_interval=50ms")
+	c, err := ParseURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := c.sarama()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc.Consumer.Offsets.AutoCommit.Interval != 50*time.Millisecond {
+		t.Errorf("commit_interval=50ms gave %v", sc.Consumer.Offsets.AutoCommit.Interval)
+	}
+	u, _ = url.Parse("kafka://localhost/?commit_interval=0s")
+	if _, err := ParseURL(u); !errors.Is(err, mq.ErrInvalidURL) {
+		t.Errorf("commit_interval=0s: %v, want mq.ErrInvalidURL", err)
+	}
 }
 
 func TestParseURLErrors(t *testing.T) {
