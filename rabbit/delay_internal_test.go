@@ -44,7 +44,7 @@ func topicMatch(pattern, key string) bool {
 // checks that each waits in exactly the queues of its non-zero digits, u
 // steps in all, and reaches the due exchange.
 func TestDelayLevelsRoute(t *testing.T) {
-	cases := []uint64{1, 2, 3, 5, 15, 16, 17, 255, 256, 937, delayMaxSteps, 1 << 24, 3 << 24}
+	cases := []uint64{1, 2, 3, 5, 15, 16, 17, 255, 256, 937, delayMaxSteps, 1 << 24, 3 << 23, 31 << 20}
 	for range 2000 {
 		cases = append(cases, 1+rand.Uint64N(delayMaxSteps))
 	}
@@ -108,10 +108,13 @@ func TestDelaySteps(t *testing.T) {
 	if top, d := delayTop(delayMaxSteps), delayDigit(delayMaxSteps, delayLevels-1); top != delayLevels-1 || delayTTL(top, d) > maxTTL || delayTTL(top, d+1) <= maxTTL {
 		t.Errorf("the largest queue is digit %d of level %d, TTL %d ms; want the largest within %d ms", d, top, delayTTL(top, d), maxTTL)
 	}
-	if got := delayQueueName("orders", 1, 3); got != "orders.mq-delay.3072" {
+	if got := delayQueueName("orders", 1, 3); got != "orders.mq-delay.12288" {
 		t.Errorf("queue 3 of level 1 of orders is named %q", got)
 	}
-	if got := delayRoutingKey(0xa09, 2); got != "9.0.a" {
-		t.Errorf("routing key of 0xa09 = %q", got)
+	if got := delayRoutingKey(9+10<<(2*delayDigitBits), 2); got != "9.0.a" {
+		t.Errorf("routing key of digits 9, 0, 10 = %q", got)
+	}
+	if got := delayRoutingKey(31+17<<delayDigitBits, 1); got != "v.h" {
+		t.Errorf("routing key of digits 31, 17 = %q", got)
 	}
 }

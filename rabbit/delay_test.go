@@ -159,7 +159,7 @@ func TestDelayLongBeforeShortInOneBatch(t *testing.T) {
 
 // TestDelaySurvivesBrokerRestart restarts the broker while 500 delayed
 // messages wait (some due during the restart, most after it, at every
-// level from 64 ms to 8 s): every one arrives, none early.
+// level from 128 ms to 8 s): every one arrives, none early.
 func TestDelaySurvivesBrokerRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("restarts a broker")
@@ -365,10 +365,10 @@ func TestDelayLatenessMeasured(t *testing.T) {
 		var hops int
 		for _, m := range msgs {
 			first, last = minTime(first, m.DeliverAt), maxTime(last, m.DeliverAt)
-			// Queues each message waits in: the non-zero hexadecimal
-			// digits of its steps of 64 ms.
-			for u := uint64((m.DeliverAt.Sub(begin) + 64*time.Millisecond - 1) / (64 * time.Millisecond)); u > 0; u >>= 4 {
-				if u&15 != 0 {
+			// Queues each message waits in: the non-zero base-32 digits
+			// of its steps of 128 ms.
+			for u := uint64((m.DeliverAt.Sub(begin) + 128*time.Millisecond - 1) / (128 * time.Millisecond)); u > 0; u >>= 5 {
+				if u&31 != 0 {
 					hops++
 				}
 			}

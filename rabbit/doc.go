@@ -225,16 +225,18 @@
 // with a queue-wide TTL (x-message-ttl), each queue holding one delay, so
 // that every queue expires in the order it was filled and a long delay
 // never holds back a shorter one (per-message TTLs expire only at the
-// head of a queue). The delay, rounded up to a step of 64ms, is written in
-// base 16: level k has an exchange "<topic>.mq-delay.level-<k>" and up to
-// 15 queues "<topic>.mq-delay.<TTL in ms>" waiting d·16^k steps (d =
-// 1-15; 64ms to 960ms at level 0, 1.024s to 15.36s at level 1, and so on
-// up to 37 days). The message's routing key is its digits; each level's
-// exchange routes it to the queue of its digit there (or on to the level
+// head of a queue). The delay, rounded up to a step of 128ms (never
+// down: a message is up to 128ms late from this alone), is written in
+// base 32: level k has an exchange "<topic>.mq-delay.level-<k>" and up to
+// 31 queues "<topic>.mq-delay.<TTL in ms>" waiting d·32^k steps (d =
+// 1-31; 128ms to 3.968s at level 0, 4.096s to 2m7s at level 1, and so
+// on up to 48 days at level 4). The message's routing key is its digits;
+// each level's exchange routes it to the queue of its digit there (or on to the level
 // below for a 0), and each queue dead-letters it when its TTL ends to the
 // level below, then to the exchange and classic queue
 // "<topic>.mq-delay.due". So the broker moves it down the levels itself,
-// one queue per non-zero digit (one to three for a delay under 4 minutes).
+// one queue per non-zero digit (one for a delay under 4s, one or two
+// under 2 minutes, at most three under 70 minutes).
 // The level queues are quorum queues with at-least-once dead-lettering
 // (x-dead-letter-strategy, RabbitMQ 3.10 and later): the broker keeps a
 // message until the next queue confirmed it, so a broker restart or crash
@@ -268,19 +270,26 @@
 //
 // Each queue a message waits in costs the broker a quorum-queue write and
 // a dead-lettering, and the relay's move a classic-queue write, a
-// delivery and a publish: a delayed message costs the broker about five
+// delivery and a publish: a delayed message costs the broker several
 // times what a sent one does, which bounds their rate. Measured on one
-// RabbitMQ 3.10 node sharing 2 cores: 10,000 messages due over 10s
-// arrived 45-90ms late at the median and 80-450ms at the 99th percentile
-// (the 64ms step, a few milliseconds per queue, and the machine's load);
-// the broker, at full CPU, moved about 1,500 delayed messages a second, so
-// 100,000 due over a minute arrived seconds late; 10,000 due at the same
-// moment took 2-4s to arrive; a relay alone moved 4,000-6,000 messages a
-// second; 500 messages waiting through a broker restart all arrived.
+// RabbitMQ 3.10 node sharing 2 cores with other work (mq bench-delay):
+// 100,000 messages due 1s to 61s after they were scheduled, all within
+// 10-15s, arrived 125-160ms late at the median and 0.9-2.8s at the 99th
+// percentile (max 1.4-3.5s), none early, none lost, the spread following
+// how much of the CPU the machine's other work left the broker; 30,000 due
+// over 20s, 85-290ms and 0.2-1.2s. (With the 64ms steps in base 16 this
+// package used before, three hops for most of these delays, the 100,000
+// arrived 1-1.8s late at the median and 6.8-10.5s at the 99th percentile
+// in the same conditions.) With less spare CPU the broker falls behind
+// and messages arrive later, in due order. A relay alone, its due queue
+// filled, moved 5,000-6,800 messages a second (8,000 with
+// confirm_window=1024); 500 messages waiting through a broker restart all
+// arrived. Idle level queues cost the broker CPU too: a topic has up to
+// about 60 for delays under 2 minutes, and 250 took 40% of a core here.
 //
 // Client.Scheduled (Conn.Scheduled) counts the messages ready in the
 // topic's level and due queues, with passive queue.declare calls (one per
-// queue that may exist, up to about a hundred); messages the broker is
+// queue that may exist, up to about 150); messages the broker is
 // handing from one level to the next, or the relay is moving, are not
 // counted. NextDue is always zero: the broker does not tell when a
 // queue's messages expire. Group names starting with "mq-delay." are
