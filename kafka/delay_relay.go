@@ -601,38 +601,12 @@ func (m *mover) txn(ctx context.Context, reqs []*moveReq) error {
 		r.endSession(r.prodErr) // run makes another after a backoff
 		return r.prodErr
 	}
-	p := r.prod
-	if err := p.BeginTxn(); err != nil {
-		return m.abort(p, fmt.Errorf("begin transaction: %w", err))
+	// A producer that cannot abort ends the session: run replaces it.
+	broken, err := commitTxn(r.prod, fmt.Sprintf("kafka: delay relay of %q", r.topic), pms, offsets, m.meta)
+	if broken {
+		r.endSession(err)
 	}
-	if err := p.SendMessages(pms); err != nil {
-		return m.abort(p, fmt.Errorf("produce %d records: %w", len(pms), firstProducerError(err)))
-	}
-	if err := p.AddOffsetsToTxnWithGroupMetadata(offsets, m.meta); err != nil {
-		return m.abort(p, fmt.Errorf("add offsets to transaction: %w", err))
-	}
-	if err := p.CommitTxn(); err != nil {
-		return m.abort(p, fmt.Errorf("commit transaction: %w", err))
-	}
-	return nil
-}
-
-// abort aborts the open transaction after cause. A producer that cannot
-// abort is marked broken and the session ended: run replaces it.
-func (m *mover) abort(p sarama.SyncProducer, cause error) error {
-	cause = classify(fmt.Errorf("kafka: delay relay of %q: %w", m.r.topic, cause))
-	if p.TxnStatus()&sarama.ProducerTxnFlagFatalError == 0 {
-		if p.TxnStatus()&sarama.ProducerTxnFlagReady != 0 {
-			return cause // nothing open
-		}
-		err := p.AbortTxn()
-		if err == nil {
-			return cause
-		}
-		cause = fmt.Errorf("%w; abort: %w", cause, err)
-	}
-	m.r.endSession(cause)
-	return cause
+	return err
 }
 
 // forward makes the record that carries rec on to topic: the same key

@@ -413,39 +413,49 @@ func (t *transformer) commit(outs []Output, offsets map[string][]*sarama.Partiti
 		}
 		pms[i] = pm
 	}
+	broken, err := commitTxn(p, fmt.Sprintf("kafka: transform %q", t.cfg.TransactionalID), pms, offsets, meta)
+	if broken {
+		t.broken = err
+		t.end()
+	}
+	return err
+}
+
+// commitTxn writes pms and the consumer group offsets in one transaction
+// of p (Transform's outputs, the delay relay's moves). On failure it
+// aborts what it opened and returns the cause, prefixed with who; broken
+// reports that p could not abort (or hit a fatal error) and must be
+// replaced.
+func commitTxn(p sarama.SyncProducer, who string, pms []*sarama.ProducerMessage, offsets map[string][]*sarama.PartitionOffsetMetadata, meta *sarama.ConsumerGroupMetadata) (broken bool, err error) {
+	fail := func(cause error) (bool, error) {
+		cause = classify(fmt.Errorf("%s: %w", who, cause))
+		if p.TxnStatus()&sarama.ProducerTxnFlagFatalError == 0 {
+			if p.TxnStatus()&sarama.ProducerTxnFlagReady != 0 {
+				return false, cause // nothing open
+			}
+			aerr := p.AbortTxn()
+			if aerr == nil {
+				return false, cause
+			}
+			cause = fmt.Errorf("%w; abort: %w", cause, aerr)
+		}
+		return true, cause
+	}
 	if err := p.BeginTxn(); err != nil {
-		return t.abortLocked(p, fmt.Errorf("begin transaction: %w", err))
+		return fail(fmt.Errorf("begin transaction: %w", err))
 	}
 	if len(pms) > 0 {
 		if err := p.SendMessages(pms); err != nil {
-			return t.abortLocked(p, fmt.Errorf("produce %d outputs: %w", len(pms), firstProducerError(err)))
+			return fail(fmt.Errorf("produce %d records: %w", len(pms), firstProducerError(err)))
 		}
 	}
 	if err := p.AddOffsetsToTxnWithGroupMetadata(offsets, meta); err != nil {
-		return t.abortLocked(p, fmt.Errorf("add offsets to transaction: %w", err))
+		return fail(fmt.Errorf("add offsets to transaction: %w", err))
 	}
 	if err := p.CommitTxn(); err != nil {
-		return t.abortLocked(p, fmt.Errorf("commit transaction: %w", err))
+		return fail(fmt.Errorf("commit transaction: %w", err))
 	}
-	return nil
-}
-
-// abortLocked aborts the open transaction after cause. t.mu is held.
-func (t *transformer) abortLocked(p sarama.SyncProducer, cause error) error {
-	cause = classify(fmt.Errorf("kafka: transform %q: %w", t.cfg.TransactionalID, cause))
-	if p.TxnStatus()&sarama.ProducerTxnFlagFatalError == 0 {
-		if p.TxnStatus()&sarama.ProducerTxnFlagReady != 0 {
-			return cause // nothing open
-		}
-		err := p.AbortTxn()
-		if err == nil {
-			return cause
-		}
-		cause = fmt.Errorf("%w; abort: %w", cause, err)
-	}
-	t.broken = cause
-	t.end()
-	return cause
+	return false, nil
 }
 
 // firstProducerError unwraps sarama's ProducerErrors to the first one, so
