@@ -263,74 +263,16 @@ func (c *Conn) Schedule(ctx context.Context, topic string, msgs []*mq.Message) e
 		p.Expiration = "" // a per-message TTL would cut the levels' short
 		pubs[i], dues[i] = p, due
 	}
-	pending := make([]int, len(msgs))
-	for i := range pending {
-		pending[i] = i
-	}
-	o := c.newOutage(c.pub)
-	var lastErr error
-	for try := 0; ; try++ {
-		if try > 0 {
-			if err := c.sleep(ctx, min(c.backoff(try), max(o.left(), 0))); err != nil {
-				if errors.Is(err, mq.ErrClosed) {
-					return err
-				}
-				return fmt.Errorf("rabbit: %d of %d delayed messages unconfirmed: %w (last failure: %w)", len(pending), len(msgs), err, unavailable(lastErr))
-			}
+	return c.publishAll(ctx, topic, "delayed messages", pubs, keys, msgs, func(ctx context.Context, pc *pubChan, pending []int) (string, error) {
+		top, err := c.routeDelays(ctx, pc.conn, topic, dues, pending, keys)
+		return delayExchangeName(topic, top), err
+	}, func(err error) {
+		if errors.Is(err, ErrUnroutable) {
+			// The levels were deleted under us: declare them again next
+			// time.
+			c.delays.forget(topic)
 		}
-		before := len(pending)
-		cctx, cancel := o.connectCtx(ctx)
-		pc, err := c.getPubChan(cctx)
-		top := 0
-		if err == nil {
-			top, err = c.routeDelays(cctx, pc.conn, topic, dues, pending, keys)
-		}
-		err = o.connectErr(ctx, cctx, err)
-		cancel()
-		if err == nil {
-			var clean bool
-			pending, clean, err = c.publish(ctx, pc, delayExchangeName(topic, top), pubs, keys, msgs, pending)
-			if clean {
-				c.putPubChan(pc)
-				pc = nil
-			}
-			if errors.Is(err, ErrUnroutable) {
-				// The levels were deleted under us: declare them again
-				// next time.
-				c.delays.forget(topic)
-			}
-		}
-		if pc != nil {
-			c.closeChannel(pc.ch)
-		}
-		if err == nil {
-			return nil
-		}
-		if c.ctx.Err() != nil {
-			return mq.ErrClosed
-		}
-		if ctx.Err() != nil {
-			if lastErr != nil {
-				return fmt.Errorf("rabbit: %d of %d delayed messages unconfirmed: %w (last failure: %w)", len(pending), len(msgs), err, unavailable(lastErr))
-			}
-			return fmt.Errorf("rabbit: %d of %d delayed messages unconfirmed: %w", len(pending), len(msgs), err)
-		}
-		if !retriable(err) {
-			return err
-		}
-		if len(pending) < before {
-			o.progressed()
-		}
-		o.failed()
-		lastErr = err
-		if o.left() <= 0 {
-			return fmt.Errorf("rabbit: %d of %d delayed messages unconfirmed, the broker unreachable for %v: %w",
-				len(pending), len(msgs), time.Since(o.start()).Round(time.Millisecond), unavailable(err))
-		}
-		if try == 0 || try%10 == 0 {
-			c.cfg.Logger.Warn("rabbit: scheduling interrupted; retrying unconfirmed messages", "topic", topic, "unconfirmed", len(pending), "error", err)
-		}
-	}
+	})
 }
 
 // parseDeliverAt reads the mq-deliver-at header.

@@ -152,6 +152,20 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 		pubs[i] = p
 		keys[i] = routingKey(m)
 	}
+	return c.publishAll(ctx, topic, "messages", pubs, keys, msgs, func(ctx context.Context, pc *pubChan, _ []int) (string, error) {
+		return topic, c.declareForPublish(ctx, pc, topic)
+	}, nil)
+}
+
+// publishAll publishes pubs (routing keys keys; msgs are their messages)
+// until the broker has confirmed every one, publishing the unconfirmed
+// ones again on a new channel after a failure, until the outage budget
+// (Config.ReconnectTimeout) is used up. prepare runs first on each
+// attempt's channel, bounded by the connect deadline, and returns the
+// exchange to publish to; failed, when set, sees each attempt's error.
+// noun names the messages in errors and logs. Send and Schedule use it.
+func (c *Conn) publishAll(ctx context.Context, topic, noun string, pubs []amqp.Publishing, keys []string, msgs []*mq.Message,
+	prepare func(ctx context.Context, pc *pubChan, pending []int) (exchange string, err error), failed func(error)) error {
 	pending := make([]int, len(msgs))
 	for i := range pending {
 		pending[i] = i
@@ -165,23 +179,27 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 				if errors.Is(err, mq.ErrClosed) {
 					return err
 				}
-				return fmt.Errorf("rabbit: %d of %d messages unconfirmed: %w (last failure: %w)", len(pending), len(msgs), err, unavailable(lastErr))
+				return fmt.Errorf("rabbit: %d of %d %s unconfirmed: %w (last failure: %w)", len(pending), len(msgs), noun, err, unavailable(lastErr))
 			}
 		}
 		before := len(pending)
 		cctx, cancel := o.connectCtx(ctx)
 		pc, err := c.getPubChan(cctx)
+		exchange := ""
 		if err == nil {
-			err = c.declareForPublish(cctx, pc, topic)
+			exchange, err = prepare(cctx, pc, pending)
 		}
 		err = o.connectErr(ctx, cctx, err)
 		cancel()
 		if err == nil {
 			var clean bool
-			pending, clean, err = c.publish(ctx, pc, topic, pubs, keys, msgs, pending)
+			pending, clean, err = c.publish(ctx, pc, exchange, pubs, keys, msgs, pending)
 			if clean {
 				c.putPubChan(pc)
 				pc = nil
+			}
+			if err != nil && failed != nil {
+				failed(err)
 			}
 		}
 		if pc != nil {
@@ -195,9 +213,9 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 		}
 		if ctx.Err() != nil {
 			if lastErr != nil {
-				return fmt.Errorf("rabbit: %d of %d messages unconfirmed: %w (last failure: %w)", len(pending), len(msgs), err, unavailable(lastErr))
+				return fmt.Errorf("rabbit: %d of %d %s unconfirmed: %w (last failure: %w)", len(pending), len(msgs), noun, err, unavailable(lastErr))
 			}
-			return fmt.Errorf("rabbit: %d of %d messages unconfirmed: %w", len(pending), len(msgs), err)
+			return fmt.Errorf("rabbit: %d of %d %s unconfirmed: %w", len(pending), len(msgs), noun, err)
 		}
 		if !retriable(err) {
 			return err
@@ -208,11 +226,11 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 		o.failed()
 		lastErr = err
 		if o.left() <= 0 {
-			return fmt.Errorf("rabbit: %d of %d messages unconfirmed, the broker unreachable for %v: %w",
-				len(pending), len(msgs), time.Since(o.start()).Round(time.Millisecond), unavailable(err))
+			return fmt.Errorf("rabbit: %d of %d %s unconfirmed, the broker unreachable for %v: %w",
+				len(pending), len(msgs), noun, time.Since(o.start()).Round(time.Millisecond), unavailable(err))
 		}
 		if try == 0 || try%10 == 0 {
-			c.cfg.Logger.Warn("rabbit: publish interrupted; retrying unconfirmed messages", "topic", topic, "unconfirmed", len(pending), "error", err)
+			c.cfg.Logger.Warn("rabbit: publish interrupted; retrying unconfirmed messages", "topic", topic, "what", noun, "unconfirmed", len(pending), "error", err)
 		}
 	}
 }
