@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -33,8 +34,9 @@ func (a *app) bench(ctx context.Context, args []string) int {
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound of each phase")
 	quiet := fs.Bool("quiet", false, "no progress line on stderr")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole command to `file` (without -bare it profiles the SDK alone)")
+	suite := fs.String("suite", "", "run a preset of workloads instead of one (sets -producers, -batch, -concurrency, -mode and -handler-sleep per row): "+strings.Join(bench.Suites(), ", "))
 	fs.Usage = func() {
-		fmt.Fprintf(a.stderr, "usage: mq bench [flags]\n\nProduces -n messages of -size bytes with -producers goroutines in batches of\n-batch, then consumes them as one group at -concurrency, and reports msg/s,\nMB/s, p50/p99 latency (of a Produce call; end to end in mixed mode) and peak\nmemory. Each run uses new topics. kafka:// URLs get create_topics=true.\n\n")
+		fmt.Fprintf(a.stderr, "usage: mq bench [flags]\n\nProduces -n messages of -size bytes with -producers goroutines in batches of\n-batch, then consumes them as one group at -concurrency, and reports msg/s,\nMB/s, p50/p99 latency (of a Produce call; end to end in mixed mode), the\nprocess's CPU seconds per 100,000 messages and peak memory. Each run uses new\ntopics. kafka:// URLs get create_topics=true.\n\n-suite issue16 runs, side by side in rounds: consume with a no-op handler at\nconcurrency 1, 16 and 32 (each after a produce of 4 x 100), produce from 16\ngoroutines with 1 message per call, and produce from 4 goroutines with 100\nper call; with -bare it ends with a table of SDK/bare ratios of throughput\nand CPU per message.\n\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := a.parse(fs, args); !ok {
@@ -50,6 +52,18 @@ func (a *app) bench(ctx context.Context, args []string) int {
 	if *keys < 0 || *runs < 1 {
 		return a.usageErr(fs, "-keys must not be negative and -runs must be at least 1")
 	}
+	if *suite != "" {
+		var clash []string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "producers", "batch", "concurrency", "mode", "handler-sleep":
+				clash = append(clash, "-"+f.Name)
+			}
+		})
+		if len(clash) > 0 {
+			return a.usageErr(fs, "-suite sets its rows' workloads: drop %s", strings.Join(clash, ", "))
+		}
+	}
 	w := bench.Workload{
 		Messages: *n, Size: *size, Producers: *producers, Batch: *batch,
 		Concurrency: *conc, Keys: *keys, DisableKeys: *keys == 0,
@@ -61,8 +75,17 @@ func (a *app) bench(ctx context.Context, args []string) int {
 	if err := w.Defaults().Validate(); err != nil {
 		return a.usageErr(fs, "%v", err)
 	}
+	var rows []bench.Row
+	if *suite != "" {
+		if rows, err = bench.Suite(*suite, w); err != nil {
+			return a.usageErr(fs, "%v", err)
+		}
+	}
 	if !*quiet {
 		w.Progress = a.stderr
+		for i := range rows {
+			rows[i].Workload.Progress = a.stderr
+		}
 	}
 	*url = a.brokerURL(*url)
 	if *url == "" {
@@ -96,6 +119,9 @@ func (a *app) bench(ctx context.Context, args []string) int {
 	if strings.Contains(shown, "@") {
 		shown = mq.RedactURL(shown)
 	}
+	if rows != nil {
+		return a.benchSuite(ctx, systems, rows, *suite, shown, *n, *size, *keys, *runs)
+	}
 	fmt.Fprintf(a.stdout, "mq bench %s: %d messages of %d bytes, %d producers × batch %d, concurrency %d, %s, handler sleep %v, mode %s, %d run(s), GOMAXPROCS %d\n\n",
 		shown, *n, *size, *producers, *batch, *conc, keysText(*keys), *sleep, mode, *runs, runtime.GOMAXPROCS(0))
 	var all []bench.Result
@@ -119,6 +145,40 @@ func (a *app) bench(ctx context.Context, args []string) int {
 	if *bare {
 		fmt.Fprintln(a.stdout)
 		_ = bench.WriteRatios(a.stdout, sum, "sdk")
+	}
+	return exitOK
+}
+
+// benchSuite runs a suite's rows through systems in rounds and prints the
+// medians and, with a bare system, the side-by-side ratios.
+func (a *app) benchSuite(ctx context.Context, systems []bench.System, rows []bench.Row, suite, shown string, n, size, keys, runs int) int {
+	names := make([]string, len(rows))
+	for i, r := range rows {
+		names[i] = r.Name
+	}
+	window := ""
+	if len(systems) > 1 {
+		window = fmt.Sprintf(", bare in-flight window %d", bench.BareInFlight)
+	}
+	fmt.Fprintf(a.stdout, "mq bench %s -suite %s: %d messages of %d bytes, %s, no-op handler, rows %s, %d round(s) alternating systems%s, GOMAXPROCS %d\n\n",
+		shown, suite, n, size, keysText(keys), strings.Join(names, ", "), runs, window, runtime.GOMAXPROCS(0))
+	all, err := bench.RunSuite(ctx, systems, rows, runs)
+	if err != nil {
+		a.fail("bench", err)
+		if len(all) > 0 {
+			_ = bench.WriteTable(a.stdout, bench.Summarize(all))
+		}
+		return exitFailure
+	}
+	sum := bench.Summarize(all)
+	if err := bench.WriteTable(a.stdout, sum); err != nil {
+		return exitFailure
+	}
+	if len(systems) > 1 {
+		fmt.Fprintln(a.stdout)
+		if err := bench.WriteComparison(a.stdout, sum, systems[0].Name(), systems[1].Name()); err != nil {
+			return exitFailure
+		}
 	}
 	return exitOK
 }

@@ -23,10 +23,10 @@ import (
 //     XACK after handling (acks batched).
 //
 // Consumers hand messages to Concurrency workers by key hash, so a key's
-// messages are handled in order, with at most as many messages fetched
-// and not yet handled as the SDK's default in-flight bound
-// (4×concurrency, at least mq.DefaultMinInFlight). There is no bare
-// driver for mem://.
+// messages are handled in order, with at most BareInFlight messages
+// fetched and not yet handled (or Concurrency, when that is more): the
+// window an expert gives a consumer, chosen on its own and not tied to
+// the SDK's default. There is no bare driver for mem://.
 func Bare(rawURL string) (System, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -54,8 +54,19 @@ func stripPortable(u *url.URL) {
 	u.RawQuery = q.Encode()
 }
 
-// maxInFlight is the SDK's default bound on unsettled messages.
-func maxInFlight(concurrency int) int { return max(4*concurrency, mq.DefaultMinInFlight) }
+// BareInFlight is the in-flight window of the bare consumers: how many
+// messages each holds fetched and not yet handled (the Redis XREADGROUP
+// COUNT budget, the RabbitMQ prefetch, the slots of each Kafka claim).
+// 256 is what an expert keeps in flight with these drivers (128-256),
+// chosen for the bare clients on its own: it does not follow the SDK's
+// default (mq.DefaultMinInFlight, 4×concurrency), so a change there
+// cannot move the baseline.
+const BareInFlight = 256
+
+// bareWindow is the bare consumers' in-flight window at concurrency:
+// BareInFlight, or concurrency when that is more, so that every worker can
+// hold a message.
+func bareWindow(concurrency int) int { return max(BareInFlight, concurrency) }
 
 // workers runs handlers on n goroutines, each with its own queue, picking
 // the queue by key hash so that a key's messages run in order. Messages

@@ -223,7 +223,7 @@ func (*kafkaGroup) Setup(sarama.ConsumerGroupSession) error   { return nil }
 func (*kafkaGroup) Cleanup(sarama.ConsumerGroupSession) error { return nil }
 
 func (g *kafkaGroup) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
-	inflight := maxInFlight(g.conc)
+	inflight := bareWindow(g.conc)
 	slots := make(chan struct{}, inflight)
 	tr := &offsetTracker{mark: func(next int64) { sess.MarkOffset(claim.Topic(), claim.Partition(), next, "") }}
 	w := startWorkers(g.conc, inflight, func(m *sarama.ConsumerMessage) {

@@ -167,7 +167,7 @@ func (r *rabbitSession) Produce(ctx context.Context, msgs []Message) error {
 }
 
 // Consume acknowledges each message manually after its handler, with a
-// prefetch of the SDK's default in-flight bound.
+// prefetch of the bare window (BareInFlight) unless the URL sets one.
 func (r *rabbitSession) Consume(ctx context.Context, h Handler) error {
 	ch, err := r.conn.Channel()
 	if err != nil {
@@ -176,7 +176,7 @@ func (r *rabbitSession) Consume(ctx context.Context, h Handler) error {
 	defer ch.Close()
 	prefetch := r.cfg.Prefetch
 	if prefetch == 0 {
-		prefetch = maxInFlight(r.conc)
+		prefetch = bareWindow(r.conc)
 	}
 	if err := ch.Qos(prefetch, 0, false); err != nil {
 		return err

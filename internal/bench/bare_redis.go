@@ -85,7 +85,7 @@ func (r *redisSession) Produce(ctx context.Context, msgs []Message) error {
 // in-flight slots, hands them to workers by key, and acknowledges handled
 // entries with one XACK per batch of whatever finished meanwhile.
 func (r *redisSession) Consume(ctx context.Context, h Handler) (err error) {
-	inflight := maxInFlight(r.conc)
+	inflight := bareWindow(r.conc)
 	slots := make(chan struct{}, inflight)
 	acks := make(chan string, inflight)
 	var ackErr error

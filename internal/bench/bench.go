@@ -29,6 +29,7 @@ import (
 	"io"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -187,6 +188,9 @@ const (
 
 // Result is what one phase measured.
 type Result struct {
+	// Workload names the suite row the result belongs to (Row.Name);
+	// empty outside a suite.
+	Workload string
 	// System is the System's name.
 	System string
 	// Phase is what was measured.
@@ -219,6 +223,22 @@ type Result struct {
 	// RSSReset reports whether VmHWM was reset at the phase's start, so
 	// that PeakRSS is the phase's own peak.
 	RSSReset bool
+	// CPU is the user plus system CPU time the whole process used during
+	// the phase (getrusage RUSAGE_SELF before and after it): with the
+	// broker in another process, the client's CPU. It spans the whole
+	// phase, including a consumer's joining its group and stopping, and
+	// also counts the benchmark's own work (stamping and checking
+	// bodies), the same for every system. Zero where it cannot be read.
+	CPU time.Duration
+}
+
+// CPUPer100k returns CPU seconds per 100,000 messages, or 0 when CPU or
+// Messages is zero.
+func (r Result) CPUPer100k() float64 {
+	if r.CPU <= 0 || r.Messages <= 0 {
+		return 0
+	}
+	return r.CPU.Seconds() * 1e5 / float64(r.Messages)
 }
 
 // stampSize is the bytes at the start of each body: produce time in Unix
@@ -472,6 +492,7 @@ type recorder struct {
 	first  atomic.Int64 // Unix ns: first message handled
 	last   atomic.Int64 // Unix ns: last message produced or handled
 	mem    memStats
+	cpu    time.Duration // process CPU time during f of measure
 }
 
 func newRecorder(system string, phase Phase, w Workload) *recorder {
@@ -486,7 +507,11 @@ func (r *recorder) measure(ctx context.Context, f func(context.Context) error) e
 	}
 	stopMem := r.mem.sample()
 	stopProgress := r.progress()
+	cpu0, ok0 := processCPU()
 	err := f(ctx)
+	if cpu1, ok1 := processCPU(); ok0 && ok1 {
+		r.cpu = cpu1 - cpu0
+	}
 	stopProgress()
 	stopMem()
 	if r.w.PhaseHook != nil {
@@ -571,5 +596,78 @@ func (r *recorder) result() Result {
 	}
 	res.PeakHeapInuse, res.PeakSys = r.mem.peakHeap.Load(), r.mem.peakSys.Load()
 	res.PeakRSS, res.RSSReset = r.mem.rss, r.mem.rssReset
+	res.CPU = r.cpu
 	return res
+}
+
+// A Row is one line of a suite: a workload, the mode that runs it, and
+// the phase of it that the suite reports.
+type Row struct {
+	// Name labels the row in tables, e.g. "consume c16".
+	Name string
+	// Workload is what the row runs.
+	Workload Workload
+	// Mode runs the phases the row needs.
+	Mode Mode
+	// Report is the phase reported; the others (the produce phase that
+	// fills a topic before a consume row) are only set-up.
+	Report Phase
+}
+
+// SuiteIssue16 names the suite of issue 16's side-by-side table: consume
+// with a no-op handler at concurrency 1, 16 and 32 (after a batched
+// produce), produce from 16 goroutines with 1 message per call, and
+// produce from 4 goroutines with 100 messages per call.
+const SuiteIssue16 = "issue16"
+
+// Suites lists the names Suite knows.
+func Suites() []string { return []string{SuiteIssue16} }
+
+// Suite returns the rows of the suite called name. Each row starts from
+// base, which gives what every row shares (Messages, Size, Keys,
+// DisableKeys, Timeout, Progress, PhaseHook); the row sets Producers,
+// Batch, Concurrency and HandlerSleep.
+func Suite(name string, base Workload) ([]Row, error) {
+	row := func(n string, mode Mode, report Phase, producers, batch, conc int) Row {
+		w := base
+		w.Producers, w.Batch, w.Concurrency, w.HandlerSleep = producers, batch, conc, 0
+		return Row{Name: n, Workload: w, Mode: mode, Report: report}
+	}
+	switch name {
+	case SuiteIssue16:
+		return []Row{
+			row("consume c1", ModeConsume, PhaseConsume, 4, 100, 1),
+			row("consume c16", ModeConsume, PhaseConsume, 4, 100, 16),
+			row("consume c32", ModeConsume, PhaseConsume, 4, 100, 32),
+			row("produce 16×1", ModeProduce, PhaseProduce, 16, 1, 32),
+			row("produce 4×100", ModeProduce, PhaseProduce, 4, 100, 32),
+		}, nil
+	}
+	return nil, fmt.Errorf("bench: unknown suite %q (want %s)", name, strings.Join(Suites(), ", "))
+}
+
+// RunSuite runs every row through every system runs times and returns the
+// reported phase of each run, labelled with its row's name. Runs go round
+// by round (every row through every system, then again), so systems and
+// rows alternate and a busy moment of a shared machine hits no one of
+// them alone. On an error it returns what it measured so far.
+func RunSuite(ctx context.Context, systems []System, rows []Row, runs int) ([]Result, error) {
+	var out []Result
+	for range runs {
+		for _, row := range rows {
+			for _, sys := range systems {
+				rs, err := Run(ctx, sys, row.Workload, row.Mode)
+				if err != nil {
+					return out, fmt.Errorf("%s: %w", row.Name, err)
+				}
+				for _, r := range rs {
+					if r.Phase == row.Report {
+						r.Workload = row.Name
+						out = append(out, r)
+					}
+				}
+			}
+		}
+	}
+	return out, nil
 }

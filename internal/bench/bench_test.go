@@ -311,7 +311,7 @@ func TestReport(t *testing.T) {
 		t.Errorf("median = %+v", m)
 	}
 	ratios := Ratios(sum, "sdk")
-	want := []Ratio{{PhaseProduce, "sdk", "bare", 1}, {PhaseConsume, "sdk", "bare", 0.25}}
+	want := []Ratio{{Phase: PhaseProduce, System: "sdk", Other: "bare", Value: 1}, {Phase: PhaseConsume, System: "sdk", Other: "bare", Value: 0.25}}
 	if len(ratios) != len(want) {
 		t.Fatalf("ratios %v, want %v", ratios, want)
 	}
@@ -330,6 +330,137 @@ func TestReport(t *testing.T) {
 	for _, s := range []string{"| sdk | produce | 10 | 100 |", "| 2.0ms | 4.0ms |", "| bare | consume | 10 | 200 |", "sdk/bare consume  0.25x"} {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("output lacks %q:\n%s", s, b.String())
+		}
+	}
+}
+
+func TestSuiteIssue16(t *testing.T) {
+	base := Workload{Messages: 500, Size: 64, Keys: 7, Concurrency: 99, Producers: 99, Batch: 99, HandlerSleep: time.Second}
+	rows, err := Suite(SuiteIssue16, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type shape struct {
+		name                          string
+		mode                          Mode
+		report                        Phase
+		producers, batch, concurrency int
+	}
+	want := []shape{
+		{"consume c1", ModeConsume, PhaseConsume, 4, 100, 1},
+		{"consume c16", ModeConsume, PhaseConsume, 4, 100, 16},
+		{"consume c32", ModeConsume, PhaseConsume, 4, 100, 32},
+		{"produce 16×1", ModeProduce, PhaseProduce, 16, 1, 32},
+		{"produce 4×100", ModeProduce, PhaseProduce, 4, 100, 32},
+	}
+	if len(rows) != len(want) {
+		t.Fatalf("%d rows, want %d: %+v", len(rows), len(want), rows)
+	}
+	for i, r := range rows {
+		got := shape{r.Name, r.Mode, r.Report, r.Workload.Producers, r.Workload.Batch, r.Workload.Concurrency}
+		if got != want[i] {
+			t.Errorf("row %d = %+v, want %+v", i, got, want[i])
+		}
+		if w := r.Workload; w.Messages != 500 || w.Size != 64 || w.Keys != 7 || w.HandlerSleep != 0 {
+			t.Errorf("row %s does not keep the base workload (or keeps its handler sleep): %+v", r.Name, w)
+		}
+	}
+	if _, err := Suite("nonsense", base); err == nil {
+		t.Error("Suite accepted an unknown name")
+	}
+
+	// Two rounds through two systems: every row of every run, reported
+	// phase only, labelled, systems alternating.
+	rows, _ = Suite(SuiteIssue16, Workload{Messages: 300, Size: 32, Keys: 5})
+	rs, err := RunSuite(context.Background(), []System{SDK{URL: "mem://"}, named{SDK{URL: "mem://"}, "other"}}, rows, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 2*len(rows)*2 {
+		t.Fatalf("%d results, want %d", len(rs), 2*len(rows)*2)
+	}
+	for i, r := range rs {
+		row := rows[i/2%len(rows)]
+		sys := [...]string{"sdk", "other"}[i%2]
+		if r.Workload != row.Name || r.Phase != row.Report || r.System != sys || r.Messages != 300 {
+			t.Errorf("result %d = %s %s %s %d messages, want %s %s %s 300", i, r.Workload, r.System, r.Phase, r.Messages, row.Name, sys, row.Report)
+		}
+	}
+	sum := Summarize(rs)
+	if len(sum) != 2*len(rows) {
+		t.Fatalf("Summarize gave %d, want %d", len(sum), 2*len(rows))
+	}
+	var b bytes.Buffer
+	if err := WriteComparison(&b, sum, "sdk", "other"); err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range rows {
+		if !strings.Contains(b.String(), "| "+row.Name+" | ") {
+			t.Errorf("comparison lacks %s:\n%s", row.Name, b.String())
+		}
+	}
+}
+
+// named renames a System.
+type named struct {
+	System
+	name string
+}
+
+func (n named) Name() string { return n.name }
+
+func TestCPU(t *testing.T) {
+	c0, ok := processCPU()
+	if !ok {
+		t.Skip("no process CPU time on this platform")
+	}
+	// Burn some CPU: the process's CPU time must grow by about that.
+	start := time.Now()
+	x := 0
+	for time.Since(start) < 30*time.Millisecond {
+		for i := range 1000 {
+			x += i * i
+		}
+	}
+	c1, _ := processCPU()
+	if d := c1 - c0; d < 10*time.Millisecond || x == 1 {
+		t.Errorf("30 ms of busy loop cost %v of process CPU", d)
+	}
+
+	r := Result{Messages: 50000, CPU: 2 * time.Second}
+	if got := r.CPUPer100k(); math.Abs(got-4) > 1e-9 {
+		t.Errorf("CPUPer100k = %v, want 4", got)
+	}
+	if got := (Result{Messages: 10}).CPUPer100k(); got != 0 {
+		t.Errorf("CPUPer100k without CPU = %v, want 0", got)
+	}
+	rs := []Result{
+		{Workload: "w", System: "sdk", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 50, CPU: 3 * time.Second},
+		{Workload: "w", System: "bare", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 100, CPU: time.Second},
+		{Workload: "v", System: "bare", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 10, CPU: time.Second},
+	}
+	ratios := Ratios(rs, "sdk")
+	if len(ratios) != 1 || ratios[0].Workload != "w" || ratios[0].Value != 0.5 || math.Abs(ratios[0].CPU-3) > 1e-9 {
+		t.Errorf("ratios = %+v, want w 0.5 CPU 3", ratios)
+	}
+	var b bytes.Buffer
+	_ = WriteTable(&b, rs)
+	_ = WriteRatios(&b, rs, "sdk")
+	_ = WriteComparison(&b, rs, "sdk", "bare")
+	for _, s := range []string{"| w | sdk | consume | 100000 | 50 |", "| 3.00 |", "sdk/bare w        0.50x  CPU/msg 3.00x", "| w | 50 | 100 | 0.50× | 3.00 | 1.00 | 3.00× |"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("output lacks %q:\n%s", s, b.String())
+		}
+	}
+
+	// A phase run reports the CPU it used.
+	res, err := Run(context.Background(), SDK{URL: "mem://"}, Workload{Messages: 2000}, ModeConsume)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if r.CPU <= 0 {
+			t.Errorf("%s: no CPU time", r.Phase)
 		}
 	}
 }

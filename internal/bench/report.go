@@ -43,20 +43,21 @@ func Median(rs []Result) Result {
 	out.PeakHeapInuse = uint64(f(func(r Result) float64 { return float64(r.PeakHeapInuse) }))
 	out.PeakSys = uint64(f(func(r Result) float64 { return float64(r.PeakSys) }))
 	out.PeakRSS = uint64(f(func(r Result) float64 { return float64(r.PeakRSS) }))
+	out.CPU = time.Duration(f(func(r Result) float64 { return float64(r.CPU) }))
 	return out
 }
 
-// Summarize groups rs by system and phase, in the order each pair first
-// appears, and returns the Median of each group.
+// Summarize groups rs by workload, system and phase, in the order each
+// first appears, and returns the Median of each group.
 func Summarize(rs []Result) []Result {
 	type key struct {
-		system string
-		phase  Phase
+		workload, system string
+		phase            Phase
 	}
 	var order []key
 	groups := map[key][]Result{}
 	for _, r := range rs {
-		k := key{r.System, r.Phase}
+		k := key{r.Workload, r.System, r.Phase}
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)
 		}
@@ -69,12 +70,24 @@ func Summarize(rs []Result) []Result {
 	return out
 }
 
-// WriteTable writes rs as a Markdown table, one row per result.
+// WriteTable writes rs as a Markdown table, one row per result, with a
+// first column naming the workload when any result has one. "CPU s/100k"
+// is the process's CPU seconds per 100,000 messages (Result.CPUPer100k).
 func WriteTable(w io.Writer, rs []Result) error {
 	var b strings.Builder
-	b.WriteString("| system | phase | messages | msg/s | MB/s | p50 | p99 | dups | peak heap MB | peak sys MB | peak RSS MB |\n")
-	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
+	named := slices.ContainsFunc(rs, func(r Result) bool { return r.Workload != "" })
+	if named {
+		b.WriteString("| workload ")
+	}
+	b.WriteString("| system | phase | messages | msg/s | MB/s | p50 | p99 | dups | CPU s/100k | peak heap MB | peak sys MB | peak RSS MB |\n")
+	if named {
+		b.WriteString("|---")
+	}
+	b.WriteString("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 	for _, r := range rs {
+		if named {
+			fmt.Fprintf(&b, "| %s ", r.Workload)
+		}
 		p50, p99 := "-", "-"
 		if r.P50 > 0 || r.P99 > 0 {
 			p50, p99 = fmtDur(r.P50), fmtDur(r.P99)
@@ -83,24 +96,28 @@ func WriteTable(w io.Writer, rs []Result) error {
 		if !r.RSSReset && r.PeakRSS > 0 {
 			rss += "*"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %.1f | %s | %s | %d | %s | %s | %s |\n",
+		fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %.1f | %s | %s | %d | %s | %s | %s | %s |\n",
 			r.System, r.Phase, r.Messages, r.MsgsPerSec, r.MBPerSec, p50, p99, r.Duplicates,
-			fmtMB(r.PeakHeapInuse), fmtMB(r.PeakSys), rss)
+			fmtCPU(r.CPUPer100k()), fmtMB(r.PeakHeapInuse), fmtMB(r.PeakSys), rss)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-// Ratio is the throughput of one system over another's in one phase.
+// Ratio compares one system with another in one phase of one workload.
 type Ratio struct {
+	Workload      string
 	Phase         Phase
 	System, Other string
 	// Value is System's msg/s over Other's.
 	Value float64
+	// CPU is System's CPU per message over Other's; 0 when either was
+	// not measured.
+	CPU float64
 }
 
-// Ratios returns, for every phase in rs, the throughput of system over
-// each other system measured in that phase.
+// Ratios returns, for every workload and phase in rs, the throughput and
+// CPU per message of system over each other system measured there.
 func Ratios(rs []Result, system string) []Ratio {
 	var out []Ratio
 	for _, a := range rs {
@@ -108,23 +125,78 @@ func Ratios(rs []Result, system string) []Ratio {
 			continue
 		}
 		for _, b := range rs {
-			if b.System == system || b.Phase != a.Phase || b.MsgsPerSec == 0 {
+			if b.System == system || b.Workload != a.Workload || b.Phase != a.Phase || b.MsgsPerSec == 0 {
 				continue
 			}
-			out = append(out, Ratio{Phase: a.Phase, System: system, Other: b.System, Value: a.MsgsPerSec / b.MsgsPerSec})
+			r := Ratio{Workload: a.Workload, Phase: a.Phase, System: system, Other: b.System, Value: a.MsgsPerSec / b.MsgsPerSec}
+			if ca, cb := a.CPUPer100k(), b.CPUPer100k(); ca > 0 && cb > 0 {
+				r.CPU = ca / cb
+			}
+			out = append(out, r)
 		}
 	}
 	return out
 }
 
-// WriteRatios writes Ratios(rs, system), one per line.
+// WriteRatios writes Ratios(rs, system), one per line: the throughput
+// ratio, then the CPU-per-message ratio where both were measured.
 func WriteRatios(w io.Writer, rs []Result, system string) error {
 	var b strings.Builder
 	for _, r := range Ratios(rs, system) {
-		fmt.Fprintf(&b, "%s/%s %-8s %.2fx\n", r.System, r.Other, r.Phase, r.Value)
+		label := string(r.Phase)
+		if r.Workload != "" {
+			label = r.Workload
+		}
+		fmt.Fprintf(&b, "%s/%s %-8s %.2fx", r.System, r.Other, label, r.Value)
+		if r.CPU > 0 {
+			fmt.Fprintf(&b, "  CPU/msg %.2fx", r.CPU)
+		}
+		b.WriteByte('\n')
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// WriteComparison writes a Markdown table with one line per workload and
+// phase of rs (medians, as Summarize gives them): msg/s and CPU seconds
+// per 100,000 messages of system and other side by side, and their
+// ratios (throughput system/other, CPU per message system/other).
+func WriteComparison(w io.Writer, rs []Result, system, other string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "| workload | %[1]s msg/s | %[2]s msg/s | %[1]s/%[2]s | %[1]s CPU s/100k | %[2]s CPU s/100k | CPU %[1]s/%[2]s |\n", system, other)
+	b.WriteString("|---|--:|--:|--:|--:|--:|--:|\n")
+	for _, a := range rs {
+		if a.System != system {
+			continue
+		}
+		for _, o := range rs {
+			if o.System != other || o.Workload != a.Workload || o.Phase != a.Phase {
+				continue
+			}
+			label := a.Workload
+			if label == "" {
+				label = string(a.Phase)
+			}
+			ratio, cpu := "-", "-"
+			if o.MsgsPerSec > 0 {
+				ratio = fmt.Sprintf("%.2f×", a.MsgsPerSec/o.MsgsPerSec)
+			}
+			if ca, co := a.CPUPer100k(), o.CPUPer100k(); ca > 0 && co > 0 {
+				cpu = fmt.Sprintf("%.2f×", ca/co)
+			}
+			fmt.Fprintf(&b, "| %s | %.0f | %.0f | %s | %s | %s | %s |\n", label, a.MsgsPerSec, o.MsgsPerSec, ratio,
+				fmtCPU(a.CPUPer100k()), fmtCPU(o.CPUPer100k()), cpu)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func fmtCPU(s float64) string {
+	if s <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", s)
 }
 
 func fmtDur(d time.Duration) string {

@@ -3,7 +3,10 @@
 // project's testbed (or given by URL), the throughput workload through the
 // SDK and the bare driver alternately, and the slow-handler workload
 // (2 ms handler, concurrency 32, 1000 keys), printing Markdown tables of
-// the medians and the SDK/bare ratios.
+// the medians and the SDK/bare ratios. With -suite issue16 the throughput
+// workload is replaced by issue 16's rows (consume at concurrency 1, 16
+// and 32; produce 16×1 and 4×100), with CPU seconds per 100,000 messages
+// and their SDK/bare ratios.
 //
 //	source .testbed.env   # images for the testbed
 //	go run ./internal/bench/benchall -runs 3
@@ -56,9 +59,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	million := fs.Int("flat-n", 0, "also consume this many messages through the SDK on each broker to show memory stays flat (e.g. 1000000; 0: skip)")
 	quiet := fs.Bool("quiet", false, "no progress lines")
 	params := fs.String("params", "", "query parameters added to every broker URL, e.g. max_in_flight=512 (portable ones affect the SDK only)")
+	suite := fs.String("suite", "", "run this preset of workloads (e.g. issue16: consume at concurrency 1, 16 and 32, produce 16×1 and 4×100) instead of the throughput workload, with -n messages per row")
 	profDir := fs.String("profile-dir", "", "after the tables, run the throughput workload once more per system (mode consume) with a CPU profile of each phase written to `dir`/<broker>-<system>-<phase>.pprof")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *suite != "" {
+		if _, err := bench.Suite(*suite, bench.Workload{}); err != nil {
+			return err
+		}
 	}
 	var targets []target
 	for _, b := range strings.Split(*brokers, ",") {
@@ -104,7 +113,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			t.url += sep + *params
 		}
-		if err := runTarget(ctx, t, stdout, progress, *runs, *n, *slowN, *million); err != nil {
+		if err := runTarget(ctx, t, stdout, progress, *suite, *runs, *n, *slowN, *million); err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
 		if *profDir != "" {
@@ -116,7 +125,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func runTarget(ctx context.Context, t target, stdout, progress io.Writer, runs, n, slowN, flatN int) error {
+func runTarget(ctx context.Context, t target, stdout, progress io.Writer, suite string, runs, n, slowN, flatN int) error {
 	if runs == 0 {
 		return nil // profiles only
 	}
@@ -136,9 +145,20 @@ func runTarget(ctx context.Context, t target, stdout, progress io.Writer, runs, 
 		}
 	}
 	throughput := bench.Workload{Messages: n, Progress: progress}
-	fmt.Fprintf(stdout, "## %s: throughput (%d × 1 KiB, 4 producers × batch 100, concurrency 32, 1000 keys)\n\n", t.name, n)
-	if err := matrix(ctx, systems, throughput, bench.ModeAll, runs, stdout); err != nil {
-		return err
+	if suite != "" {
+		rows, err := bench.Suite(suite, throughput)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "## %s: suite %s (%d × 1 KiB per row, 1000 keys, no-op handler; rows and systems alternate in rounds)\n\n", t.name, suite, n)
+		if err := suiteMatrix(ctx, systems, rows, runs, stdout); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprintf(stdout, "## %s: throughput (%d × 1 KiB, 4 producers × batch 100, concurrency 32, 1000 keys)\n\n", t.name, n)
+		if err := matrix(ctx, systems, throughput, bench.ModeAll, runs, stdout); err != nil {
+			return err
+		}
 	}
 	if slowN > 0 {
 		slow := bench.Workload{Messages: slowN, HandlerSleep: 2 * time.Millisecond, Progress: progress}
@@ -154,6 +174,27 @@ func runTarget(ctx context.Context, t target, stdout, progress io.Writer, runs, 
 			return err
 		}
 	}
+	return nil
+}
+
+// suiteMatrix runs a suite's rows through every system runs times, in
+// rounds, and prints the medians and the side-by-side comparison.
+func suiteMatrix(ctx context.Context, systems []bench.System, rows []bench.Row, runs int, stdout io.Writer) error {
+	all, err := bench.RunSuite(ctx, systems, rows, runs)
+	if err != nil {
+		return err
+	}
+	sum := bench.Summarize(all)
+	if err := bench.WriteTable(stdout, sum); err != nil {
+		return err
+	}
+	if len(systems) > 1 {
+		fmt.Fprintln(stdout)
+		if err := bench.WriteComparison(stdout, sum, systems[0].Name(), systems[1].Name()); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(stdout)
 	return nil
 }
 
