@@ -82,9 +82,12 @@ type BatchOptions struct {
 // message's context and is cancelled once every message's context is:
 // when the consumer's shutdown timeout passes, or when all of them were
 // lost to another member. A message whose own context ends while its
-// batch runs (its partition was revoked, say) returns at once; h may
-// still see it, and it is not acknowledged. A panic in h fails every
-// message of the batch with a *PanicError.
+// batch runs (its partition was revoked, say) is not acknowledged; h may
+// still see it. It returns at once, except the batch's first message,
+// whose Handle call runs the batch and returns when h does. A panic in h
+// fails every message of the batch with a *PanicError. Give each
+// consumer its own Batch: one shared by two consumers would mix their
+// messages in one batch.
 func Batch(h BatchHandler, o BatchOptions) Handler {
 	if o.Size <= 0 {
 		o.Size = 100
@@ -196,7 +199,9 @@ func (b *batcher) run(bt *batch) {
 	}
 	var be *BatchError
 	if errors.As(err, &be) {
-		copy(bt.errs, be.Errs)
+		if be != nil { // a typed nil *BatchError: nothing failed
+			copy(bt.errs, be.Errs)
+		}
 		return
 	}
 	for i := range bt.errs {

@@ -195,3 +195,40 @@ func TestBatchLingers(t *testing.T) {
 		t.Fatalf("lone message handled after %v, want about the 30ms linger", took)
 	}
 }
+
+// TestBatchTypedNilError: a BatchHandler returning a nil *BatchError (a
+// typed nil in an error) means nothing failed, not a panic.
+func TestBatchTypedNilError(t *testing.T) {
+	c := batchClient(t)
+	if err := c.Producer().Produce(context.Background(), "t", &mq.Message{Key: "a"}, &mq.Message{Key: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	calls := map[string]int{}
+	done := make(chan struct{})
+	h := mq.Batch(mq.BatchHandlerFunc(func(_ context.Context, ms []*mq.Message) error {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range ms {
+			calls[m.ID]++
+		}
+		if len(calls) == 2 {
+			select {
+			case <-done:
+			default:
+				close(done)
+			}
+		}
+		var be *mq.BatchError
+		return be
+	}), mq.BatchOptions{Size: 2, Linger: 20 * time.Millisecond})
+	consumeUntil(t, c, "t", 2, h, done)
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range calls {
+		if n != 1 {
+			t.Errorf("message %s handled %d times, want once", id, n)
+		}
+	}
+}

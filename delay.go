@@ -138,7 +138,7 @@ func (p *producer) prepareDelayed(msgs []*Message) (send []*Message, err error) 
 	return send, nil
 }
 
-// sendOrSchedule sends the messages that are due and schedules the rest.
+// sendOrSchedule schedules the messages due later and sends the rest.
 func (p *producer) sendOrSchedule(ctx context.Context, topic string, msgs []*Message) error {
 	n := 0
 	for _, m := range msgs {
@@ -159,19 +159,21 @@ func (p *producer) sendOrSchedule(ctx context.Context, topic string, msgs []*Mes
 			due = append(due, m)
 		}
 	}
-	if len(due) > 0 {
-		if err := p.client.conn.Send(ctx, topic, due); err != nil {
+	// Schedule first: a backend that refuses delays for this topic for
+	// good (ErrDelayUnsupported, ErrInvalidMessage) then sends nothing.
+	if len(later) > 0 {
+		s, ok := p.client.conn.(Scheduler)
+		if !ok {
+			return ErrDelayUnsupported
+		}
+		if err := s.Schedule(ctx, topic, later); err != nil {
 			return err
 		}
 	}
-	if len(later) == 0 {
+	if len(due) == 0 {
 		return nil
 	}
-	s, ok := p.client.conn.(Scheduler)
-	if !ok {
-		return ErrDelayUnsupported
-	}
-	return s.Schedule(ctx, topic, later)
+	return p.client.conn.Send(ctx, topic, due)
 }
 
 // deliveryHeaders turns the delayed-delivery headers of a delivered

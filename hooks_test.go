@@ -116,7 +116,9 @@ func TestNoDeliveryInfoWithoutHooks(t *testing.T) {
 	if err := c.Producer().Produce(ctx, "t", &mq.Message{}); err != nil {
 		t.Fatal(err)
 	}
+	called := false
 	_ = cons.Consume(ctx, mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		called = true
 		info, ok := mq.DeliveryFrom(ctx)
 		if !ok || info.Topic != "t" || info.Group != "g" || info.Scheme != "mem" {
 			t.Errorf("DeliveryFrom without consume middleware = %+v, %v; want the consumer's topic and group", info, ok)
@@ -127,6 +129,9 @@ func TestNoDeliveryInfoWithoutHooks(t *testing.T) {
 		cancel()
 		return nil
 	}))
+	if !called {
+		t.Fatal("the handler never ran")
+	}
 }
 
 // TestProduceMiddlewareGetsCopies: produce middleware writes headers into

@@ -185,7 +185,7 @@ func (s *scheduler) move(batch []*delayed) bool {
 		}
 		d.e.msg.Timestamp = time.Now()
 		for es := []*entry{d.e}; len(es) > 0; {
-			n, err := t.append(s.ctx, es)
+			n, err := t.append(s.ctx, es, false) // due messages wait for room, whatever when_full says
 			if err != nil {
 				return false
 			}

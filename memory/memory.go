@@ -102,7 +102,9 @@ func NewBroker(cfg Config) *Broker {
 func (b *Broker) Conn() mq.Conn { return &conn{b: b} }
 
 // Close closes the broker: sends and receives fail with mq.ErrClosed.
-// Close is idempotent.
+// It stops the goroutine that moves delayed messages (started by the
+// first one): close every broker made with NewBroker. Close is
+// idempotent.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if !b.closed {
@@ -249,7 +251,7 @@ func (c *conn) Send(ctx context.Context, topicName string, msgs []*mq.Message) e
 		entries[i] = e
 	}
 	for len(entries) > 0 {
-		n, err := t.append(ctx, entries)
+		n, err := t.append(ctx, entries, t.b.cfg.FailWhenFull)
 		if err != nil {
 			return err
 		}
@@ -259,8 +261,9 @@ func (c *conn) Send(ctx context.Context, topicName string, msgs []*mq.Message) e
 }
 
 // append adds as many entries as every group has room for (at least one,
-// waiting for room if needed) and returns how many it added.
-func (t *topic) append(ctx context.Context, es []*entry) (int, error) {
+// waiting for room if needed, or failing with mq.ErrBufferFull when
+// failWhenFull) and returns how many it added.
+func (t *topic) append(ctx context.Context, es []*entry, failWhenFull bool) (int, error) {
 	capacity := t.b.cfg.Capacity
 	for {
 		t.mu.Lock()
@@ -296,7 +299,7 @@ func (t *topic) append(ctx context.Context, es []*entry) (int, error) {
 			t.mu.Unlock()
 			return n, nil
 		}
-		if t.b.cfg.FailWhenFull {
+		if failWhenFull {
 			t.mu.Unlock()
 			return 0, fmt.Errorf("%w: topic %q has %d unsettled messages in its slowest group", mq.ErrBufferFull, t.name, capacity)
 		}

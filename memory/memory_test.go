@@ -194,3 +194,38 @@ func TestLagAndPing(t *testing.T) {
 		t.Fatal("Ping of a closed broker succeeded")
 	}
 }
+
+// TestDelayedWaitsForRoomWhenFull: with when_full=error a due delayed
+// message waits for room in a full group instead of being dropped, and
+// later ones still move.
+func TestDelayedWaitsForRoomWhenFull(t *testing.T) {
+	b := memory.NewBroker(memory.Config{Capacity: 1, FailWhenFull: true})
+	c := mq.NewClient(b.Conn())
+	t.Cleanup(func() { _ = c.Close(); _ = b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cons, err := c.Consumer(ctx, "t", mq.WithGroup("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Close()
+	p := c.Producer()
+	if err := p.Produce(ctx, "t", &mq.Message{Body: []byte("fill")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Produce(ctx, "t", (&mq.Message{Body: []byte("d1")}).DeliverAfter(20*time.Millisecond), (&mq.Message{Body: []byte("d2")}).DeliverAfter(40*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // both due while the group is full
+	var got []string
+	_ = cons.Consume(ctx, mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+		got = append(got, string(m.Body))
+		if len(got) == 3 {
+			cancel()
+		}
+		return nil
+	}))
+	if len(got) != 3 {
+		t.Fatalf("handled %q, want fill, d1, d2", got)
+	}
+}

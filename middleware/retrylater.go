@@ -60,7 +60,10 @@ type RetryLaterConfig struct {
 // ShouldRetry rejects it, when mq.NotAnAttempt holds for it (nothing
 // failed at the message; its wait must not use an attempt), when the
 // consumer is stopping, and when the copy could not be produced (nothing
-// is lost: the original is not acknowledged).
+// is lost: the original is not acknowledged). If the consumer loses the
+// original (a rebalance) after the copy was produced, the original comes
+// again to the new owner as well: the message is then retried twice, with
+// one ID, which dedup middleware inside RetryLater absorbs.
 //
 // The trade-off: per-key order is not kept for a message retried this
 // way. Later messages of its key go on while it waits, and it arrives

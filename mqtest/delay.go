@@ -143,9 +143,6 @@ func (s *suite) testDelayRoundTrip(t *testing.T) {
 			t.Errorf("%q: headers %v on delivery, want %v", sent.Body, got.Headers, sent.Headers)
 		}
 	}
-	if at, _, _ := arr.get(short.ID); !at.After(time.Time{}) {
-		t.Fatal("short never arrived")
-	}
 }
 
 func (s *suite) testDelayLateness(t *testing.T) {

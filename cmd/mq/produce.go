@@ -59,6 +59,9 @@ func (a *app) produce(ctx context.Context, args []string) int {
 
 	newMsg := func(body string) *mq.Message {
 		m := &mq.Message{Key: *key, Body: []byte(body), DeliverAt: deliverAt}
+		if *delay > 0 {
+			m.DeliverAt = time.Now().Add(*delay) // from when this message is sent
+		}
 		if len(headers) > 0 {
 			m.Headers = maps.Clone(headers)
 		}

@@ -104,7 +104,7 @@ func RunDelay(ctx context.Context, c *mq.Client, w DelayWorkload) (DelayResult, 
 			if calls[i].Add(1) > 1 {
 				return nil
 			}
-			d := now.Sub(m.DeliverAt)
+			d := now.Sub(time.Unix(0, due[i].Load())) // the due time it was given, not what came back
 			if d < 0 {
 				early.Add(1)
 			}
