@@ -125,34 +125,11 @@ func (c *Conn) Schedule(ctx context.Context, topic string, msgs []*mq.Message) e
 	for i, m := range msgs {
 		levels[i] = levelFor(m.DeliverAt.Sub(now))
 	}
-	p, err := c.producer()
-	if err != nil {
-		return classify(err)
+	answered, err := c.writeRecords(ctx, "schedule to", topic, msgs, func(i int) string { return levelTopic(topic, levels[i]) })
+	if answered && err != nil {
+		return fmt.Errorf("kafka: schedule to %q: %w", topic, err)
 	}
-	limit := c.cfg.maxMessageBytes()
-	b := &batch{remaining: len(msgs), done: make(chan struct{})}
-	pms := make([]sarama.ProducerMessage, len(msgs))
-	for i, m := range msgs {
-		pms[i].Metadata = b
-		if err := fillRecord(&pms[i], levelTopic(topic, levels[i]), m, limit); err != nil {
-			return err
-		}
-	}
-	if n, err := p.hand(ctx, pms); err != nil {
-		for range pms[n:] {
-			b.finish(err)
-		}
-		return fmt.Errorf("kafka: schedule to %q: %w (%d of %d messages handed to the producer may still be written)", topic, err, n, len(pms))
-	}
-	select {
-	case <-b.done:
-		if err := b.err(); err != nil {
-			return fmt.Errorf("kafka: schedule to %q: %w", topic, err)
-		}
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("kafka: schedule to %q: %w (the messages may still be written)", topic, ctx.Err())
-	}
+	return err
 }
 
 // delayCheck says whether topic can have delayed messages on this Conn.

@@ -174,17 +174,27 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 	if err := c.ensureTopic(ctx, topic); err != nil {
 		return err
 	}
+	_, err := c.writeRecords(ctx, "produce to", topic, msgs, func(int) string { return topic })
+	return err
+}
+
+// writeRecords hands msgs to the producer, message i as a record of
+// dest(i), and waits until all are acknowledged; Send and Schedule use it.
+// Errors of handing over and of ctx say what ("produce to", "schedule
+// to") and topic; a failure of the records themselves is returned as the
+// batch gives it, with answered true (the broker answered every record).
+func (c *Conn) writeRecords(ctx context.Context, what, topic string, msgs []*mq.Message, dest func(i int) string) (answered bool, err error) {
 	p, err := c.producer()
 	if err != nil {
-		return classify(err)
+		return false, classify(err)
 	}
 	limit := c.cfg.maxMessageBytes()
 	b := &batch{remaining: len(msgs), done: make(chan struct{})}
 	pms := make([]sarama.ProducerMessage, len(msgs))
 	for i, m := range msgs {
 		pms[i].Metadata = b
-		if err := fillRecord(&pms[i], topic, m, limit); err != nil {
-			return err
+		if err := fillRecord(&pms[i], dest(i), m, limit); err != nil {
+			return false, err
 		}
 	}
 	if n, err := p.hand(ctx, pms); err != nil {
@@ -193,13 +203,13 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 		for range pms[n:] {
 			b.finish(err)
 		}
-		return fmt.Errorf("kafka: produce to %q: %w (%d of %d messages handed to the producer may still be written)", topic, err, n, len(pms))
+		return false, fmt.Errorf("kafka: %s %q: %w (%d of %d messages handed to the producer may still be written)", what, topic, err, n, len(pms))
 	}
 	select {
 	case <-b.done:
-		return b.err()
+		return true, b.err()
 	case <-ctx.Done():
-		return fmt.Errorf("kafka: produce to %q: %w (the messages may still be written)", topic, ctx.Err())
+		return false, fmt.Errorf("kafka: %s %q: %w (the messages may still be written)", what, topic, ctx.Err())
 	}
 }
 
