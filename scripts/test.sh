@@ -13,7 +13,9 @@
 #   4. Prometheus: scripts/prometheus.sh unpacks Debian's prometheus
 #      package into the cache (no full apt install) for the scrape test.
 #   5. go test -race -count=1 ./... : unit tests and the tests against real
-#      Redis, RabbitMQ and Kafka containers.
+#      Redis, RabbitMQ and Kafka containers, single nodes and clusters
+#      (integration/cluster). Fault tests write their tables to
+#      $MQ_REPORT_DIR, printed at the end.
 #
 # With CI=true a broker that cannot be started fails its tests (outside CI
 # they are skipped). Prints the time of each stage; exits non-zero on any
@@ -93,5 +95,17 @@ source .testbed.env
 end
 
 begin "go test -race ./..."
+# Fault tests append their measured rows (confirmed / lost / duplicates /
+# stall / order per fault) here; printed after the run, pass or fail.
+MQ_REPORT_DIR=$(mktemp -d)
+export MQ_REPORT_DIR
+print_reports() {
+  local f
+  for f in "$MQ_REPORT_DIR"/*.md; do
+    [[ -e $f ]] || continue
+    echo; log "report $(basename "$f"):"; cat "$f"
+  done
+}
+trap 'rc=$?; print_reports; (exit $rc); summary' EXIT
 go test -race -count=1 -timeout 30m "$@" ./...
 end

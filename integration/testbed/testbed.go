@@ -292,6 +292,19 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		}
 		req.Env[k] = v
 	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	b := &Broker{Kind: sp.kind, URL: sp.url(addr), Addr: addr, Image: image, SASLAddr: saslAddr, TLSAddr: tlsAddr, spec: sp}
+	if err := b.launch(ctx, req); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// launch runs req as b's container (labelled as the harness's, so that an
+// orphan is reaped) and waits until b.spec.ready says it serves clients.
+// On failure the container is terminated and the error carries its logs.
+func (b *Broker) launch(ctx context.Context, req testcontainers.ContainerRequest) error {
+	sp := b.spec
 	req.Labels = map[string]string{
 		labelTestbed: "1",
 		labelKind:    string(sp.kind),
@@ -306,22 +319,21 @@ func startOnce(ctx context.Context, sp *spec, image string, o options) (*Broker,
 		Started:          true,
 		Logger:           logger,
 	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	b := &Broker{Kind: sp.kind, URL: sp.url(addr), Addr: addr, Image: image, SASLAddr: saslAddr, TLSAddr: tlsAddr, spec: sp, ctr: ctr}
+	b.ctr = ctr
 	if err != nil {
-		err = fmt.Errorf("start %s container from %s: %w", sp.kind, image, err)
+		err = fmt.Errorf("start %s container from %s: %w", sp.kind, b.Image, err)
 		if ctr != nil {
 			err = b.withLogs(ctx, err)
 			_ = b.Terminate(context.WithoutCancel(ctx))
 		}
-		return nil, err
+		return err
 	}
 	if err := b.waitReady(ctx); err != nil {
 		err = b.withLogs(ctx, err)
 		_ = b.Terminate(context.WithoutCancel(ctx))
-		return nil, err
+		return err
 	}
-	return b, nil
+	return nil
 }
 
 func portClash(err error) bool {
@@ -390,6 +402,39 @@ func (b *Broker) Stop(ctx context.Context) error {
 		return b.withLogs(ctx, fmt.Errorf("stop %s: %w", b.Kind, err))
 	}
 	return nil
+}
+
+// Kill kills the broker's processes with SIGKILL (docker kill), as a
+// crash or a power loss of its node: no clean shutdown, nothing flushed
+// that the broker had not synced. Start brings it back.
+func (b *Broker) Kill(ctx context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.unpauseIfPaused(ctx); err != nil {
+		return err
+	}
+	if b.spec.readyLine != "" {
+		b.startMark = strings.Count(b.Logs(ctx), b.spec.readyLine)
+	}
+	cli, err := docker(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := cli.ContainerKill(ctx, b.ctr.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+		return fmt.Errorf("kill %s: %w", b.Kind, err)
+	}
+	// Wait until docker reports it stopped, so that Start can follow.
+	for {
+		st, err := b.ctr.State(ctx)
+		if err != nil || !st.Running {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("kill %s: %w", b.Kind, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // Start starts a container stopped by Stop and waits until the broker
