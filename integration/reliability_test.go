@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/integration/internal/faultload"
 	"github.com/mqkit/mq/integration/testbed"
 	_ "github.com/mqkit/mq/kafka"
 	_ "github.com/mqkit/mq/memory"
@@ -162,51 +163,18 @@ func TestBrokerRestartLosesNothing(t *testing.T) {
 		t.Run(tg.name, func(t *testing.T) {
 			b := tg.start(t)
 			u := withParams(t, b.URL, tg.params)
-			prod, cons := open(t, u), open(t, u)
-			topic := "restart-" + mq.NewID()
-			l := newLedger()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			defer cancel()
-			consumer, err := cons.Consumer(ctx, topic, mq.WithGroup("g"), mq.WithConcurrency(8))
-			if err != nil {
-				t.Fatal(err)
-			}
-			cctx, stopConsume := context.WithCancel(ctx)
-			consumed := make(chan error, 1)
-			go func() { consumed <- consumer.Consume(cctx, l.handler()) }()
-
-			pctx, stopProduce := context.WithCancel(ctx)
-			produced := make(chan struct{})
-			go func() { defer close(produced); produceSteadily(pctx, prod.Producer(), topic, l) }()
-
-			step := func(what string, f func(context.Context) error) {
-				time.Sleep(3 * time.Second)
-				sctx, scancel := context.WithTimeout(ctx, 2*time.Minute)
-				defer scancel()
-				begin := time.Now()
-				if err := f(sctx); err != nil {
-					t.Fatalf("%s: %v", what, err)
-				}
-				c, h, _, _ := l.counts()
-				t.Logf("%s done in %.1fs (so far confirmed %d, handled %d)", what, time.Since(begin).Seconds(), c, h)
-			}
-			step("restart 1", b.Restart)
-			step("restart 2", b.Restart)
-			step("pause 12s", func(ctx context.Context) error {
+			// Rows per fault (duplicates included) go to MQ_REPORT_DIR/reliability.md.
+			w := faultload.Start(t, u, "restart-"+mq.NewID(), faultload.Options{Report: "reliability"})
+			w.Fault(t, "restart", b.Restart)
+			w.Fault(t, "restart again", b.Restart)
+			w.Fault(t, "pause 12s", func(ctx context.Context) error {
 				if err := b.Pause(ctx); err != nil {
 					return err
 				}
 				time.Sleep(12 * time.Second)
 				return b.Unpause(ctx)
 			})
-			time.Sleep(3 * time.Second)
-			stopProduce()
-			<-produced
-			l.waitNoLoss(t, 3*time.Minute)
-			stopConsume()
-			if err := <-consumed; err != nil {
-				t.Errorf("Consume: %v", err)
-			}
+			w.Finish(t, tg.name, "single node", true)
 		})
 	}
 }
