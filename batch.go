@@ -85,7 +85,8 @@ type BatchOptions struct {
 // batch runs (its partition was revoked, say) is not acknowledged; h may
 // still see it. It returns at once, except the batch's first message,
 // whose Handle call runs the batch and returns when h does. A panic in h
-// fails every message of the batch with a *PanicError. Give each
+// fails every message of the batch with a *PanicError and is logged once
+// through the client's logger (WithLogger). Give each
 // consumer its own Batch: one shared by two consumers would mix their
 // messages in one batch.
 func Batch(h BatchHandler, o BatchOptions) Handler {
@@ -212,7 +213,13 @@ func (b *batcher) run(bt *batch) {
 func (b *batcher) call(ctx context.Context, msgs []*Message) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = &PanicError{Value: r, Stack: debug.Stack()}
+			pe := &PanicError{Value: r, Stack: debug.Stack()}
+			// One line per batch; its messages fail with pe, which the
+			// consumer does not log again (it is an error, not a panic,
+			// by the time their Handle calls return).
+			LoggerFrom(ctx).Error("mq: batch handler panicked", "messages", len(msgs), "first_id", msgs[0].ID,
+				"topic", msgs[0].Topic, "panic", fmt.Sprint(r), "stack", string(pe.Stack))
+			err = pe
 		}
 	}()
 	return b.h.HandleBatch(ctx, msgs)

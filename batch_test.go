@@ -1,9 +1,13 @@
 package mq_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -231,4 +235,61 @@ func TestBatchTypedNilError(t *testing.T) {
 			t.Errorf("message %s handled %d times, want once", id, n)
 		}
 	}
+}
+
+// TestBatchPanicLogged: a panicking batch handler is logged once, through
+// the client's logger, with the panic value and the batch's size.
+func TestBatchPanicLogged(t *testing.T) {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	b := memory.NewBroker(memory.Config{})
+	c := mq.NewClient(b.Conn(), mq.WithLogger(logger), mq.WithNackBackoff(time.Millisecond, 5*time.Millisecond))
+	t.Cleanup(func() { _ = c.Close(); _ = b.Close() })
+	var msgs []*mq.Message
+	for i := range 5 {
+		msgs = append(msgs, &mq.Message{Key: fmt.Sprint("k", i), Body: []byte("x")})
+	}
+	if err := c.Producer().Produce(context.Background(), "t", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	handled := 0
+	done := make(chan struct{})
+	h := mq.Batch(mq.BatchHandlerFunc(func(_ context.Context, ms []*mq.Message) error {
+		panicked := false
+		once.Do(func() { panicked = true })
+		if panicked {
+			panic("kaboom")
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		handled += len(ms)
+		if handled == len(msgs) {
+			close(done)
+		}
+		return nil
+	}), mq.BatchOptions{Size: 5, Linger: 20 * time.Millisecond})
+	consumeUntil(t, c, "t", 5, h, done)
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	if n := strings.Count(out, "batch handler panicked"); n != 1 {
+		t.Fatalf("%d log lines about the panic, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "kaboom") || !strings.Contains(out, "messages=") {
+		t.Errorf("the line lacks the panic value or the batch size:\n%s", out)
+	}
+}
+
+// lockedWriter serialises writes to w with mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

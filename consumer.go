@@ -304,6 +304,7 @@ func (d *dispatcher) run(ctx context.Context) error {
 	var hcancel context.CancelFunc
 	base := context.WithValue(context.WithoutCancel(ctx), stoppingKey{}, d.stopping)
 	base = context.WithValue(base, consumerKey{}, &d.consumer)
+	base = context.WithValue(base, loggerKey{}, d.o.log())
 	d.hctx, hcancel = context.WithCancel(base)
 	defer hcancel()
 	d.actx = context.WithoutCancel(ctx)

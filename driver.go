@@ -29,9 +29,10 @@ type Driver interface {
 
 type loggerKey struct{}
 
-// LoggerFrom returns the logger that the context given to Driver.Open
-// carries: the one set with WithLogger, else slog.Default(). Backends log
-// through it, so every line of the SDK goes to the service's logger.
+// LoggerFrom returns the logger that the context given to Driver.Open, or
+// to a handler, carries: the one set with WithLogger, else slog.Default().
+// Backends and handler wrappers (Batch) log through it, so every line of
+// the SDK goes to the service's logger.
 func LoggerFrom(ctx context.Context) *slog.Logger {
 	if l, ok := ctx.Value(loggerKey{}).(*slog.Logger); ok && l != nil {
 		return l
