@@ -400,7 +400,7 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 
 func (d *dispatcher) submit(dl Delivery) {
 	t := task{d: dl, m: dl.Message()}
-	if !deliveryHeaders(t.m, d.o.group) {
+	if !TakeDeliveryHeaders(t.m, d.o.group) {
 		// Re-scheduled for another group (middleware.RetryLater): not ours.
 		if err := dl.Ack(d.actx); err != nil {
 			d.o.log().Warn("mq: ack of a message addressed to another group failed; it will come again", "id", t.m.ID, "error", err)

@@ -176,11 +176,16 @@ func (p *producer) sendOrSchedule(ctx context.Context, topic string, msgs []*Mes
 	return p.client.conn.Send(ctx, topic, due)
 }
 
-// deliveryHeaders turns the delayed-delivery headers of a delivered
-// message into its fields and removes them. It reports false when the
-// message is addressed to another group than group: the consumer then
-// acknowledges it without handling it.
-func deliveryHeaders(m *Message, group string) bool {
+// TakeDeliveryHeaders turns the SDK's delivery headers of a delivered
+// message (HeaderDeliverAt, HeaderAttemptsBefore, HeaderForGroup) into its
+// fields (DeliverAt; Attempt, to which the attempts before are added) and
+// removes them. It reports false when the message is addressed to another
+// consumer group than group (a RetryLater copy of another group's): the
+// caller should acknowledge it without handling it.
+//
+// Consumer does this for every delivery; code that reads a backend by
+// other means (kafka.Transform) calls it itself, after setting Attempt.
+func TakeDeliveryHeaders(m *Message, group string) bool {
 	if len(m.Headers) == 0 {
 		return true
 	}

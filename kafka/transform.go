@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -16,6 +17,10 @@ import (
 // Output is one record a TransformFunc writes: Message produced to Topic.
 // Message is encoded as Produce encodes it (Key, Body, ID in the "mq-id"
 // header, other headers, HeaderTombstone); an empty ID gets a new one.
+// A Message with DeliverAt in the future is scheduled as Produce would
+// (see "Delayed delivery" in the package documentation), inside the
+// transaction: it enters Topic once, when due, or never if the
+// transaction aborts.
 type Output struct {
 	Topic   string
 	Message *mq.Message
@@ -27,6 +32,10 @@ type Output struct {
 // one call are ever committed. An error is retried after a backoff, unless
 // it is marked with mq.Permanent, which ends Transform with that error.
 // ctx ends when the input's partition is revoked or Transform stops.
+// The input is read as a Consumer reads it: the SDK's delivery headers
+// become DeliverAt and Attempt (mq.TakeDeliveryHeaders), and a retry copy
+// addressed to another consumer group (middleware.RetryLater) is skipped
+// without a call.
 type TransformFunc func(ctx context.Context, in *mq.Message) ([]Output, error)
 
 // TransformConfig configures Transform.
@@ -326,6 +335,9 @@ func (t *transformer) process(ctx context.Context, meta *sarama.ConsumerGroupMet
 			return err
 		}
 	}
+	if err := t.ensureDelayLevels(ctx, outs); err != nil {
+		return err
+	}
 	last := batch[len(batch)-1]
 	offsets := map[string][]*sarama.PartitionOffsetMetadata{
 		last.Topic: {{Partition: last.Partition, Offset: last.Offset + 1}},
@@ -353,6 +365,9 @@ func (t *transformer) transform(ctx context.Context, msg *sarama.ConsumerMessage
 	for attempt := 1; ; attempt++ {
 		in := toMessage(msg)
 		in.Attempt = attempt
+		if !mq.TakeDeliveryHeaders(in, t.cfg.Group) {
+			return nil, nil // another group's retry copy (middleware.RetryLater): not ours, no outputs
+		}
 		outs, err := t.fn(ctx, in)
 		if err == nil {
 			return outs, nil
@@ -404,7 +419,9 @@ func (t *transformer) commit(outs []Output, offsets map[string][]*sarama.Partiti
 	// Records are built afresh for each attempt: sarama keeps per-attempt
 	// state in a ProducerMessage.
 	pms := make([]*sarama.ProducerMessage, len(outs))
+	now := time.Now()
 	for i, o := range outs {
+		o = delayedOutput(o, now)
 		pm, err := record(o.Topic, o.Message, t.conn.cfg.maxMessageBytes())
 		if err != nil {
 			t.failed = err
@@ -475,4 +492,54 @@ func record(topic string, m *mq.Message, limit int) (*sarama.ProducerMessage, er
 		return nil, err
 	}
 	return pm, nil
+}
+
+// ensureDelayLevels makes the delay level topics that the outputs due later
+// (Message.DeliverAt in the future) need, failing the transform for one
+// beyond mq.MaxDelay or a topic that cannot have delayed messages.
+func (t *transformer) ensureDelayLevels(ctx context.Context, outs []Output) error {
+	now := time.Now()
+	top := map[string]int{} // per output topic, the longest level needed
+	for _, o := range outs {
+		d := o.Message.DeliverAt.Sub(now)
+		if o.Message.DeliverAt.IsZero() || d <= 0 {
+			continue
+		}
+		if d > mq.MaxDelay {
+			return t.fail(fmt.Errorf("kafka: transform: %w: output %s is due in %v, more than mq.MaxDelay (%v)", mq.ErrInvalidMessage, o.Message.ID, d.Round(time.Second), mq.MaxDelay))
+		}
+		if err := t.conn.delayCheck(o.Topic); err != nil {
+			return t.fail(fmt.Errorf("kafka: transform: %w", err))
+		}
+		if l, ok := top[o.Topic]; !ok || levelFor(d) > l {
+			top[o.Topic] = levelFor(d)
+		}
+	}
+	for topic, level := range top {
+		if err := t.conn.ensureLevels(ctx, topic, level); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// delayedOutput returns what to write for o at now: o itself, or for a
+// message with DeliverAt a copy carrying mq.HeaderDeliverAt (the caller's
+// Headers are not written) and, while it is not due, addressed to the
+// delay level topic of what is left of its delay. The level topics exist
+// (ensureDelayLevels chose the longest, and the delay left only shrinks);
+// in the transaction, the scheduling commits or aborts with the inputs'
+// offsets, and the relay moves it into o.Topic exactly once when due.
+func delayedOutput(o Output, now time.Time) Output {
+	m := o.Message
+	if m.DeliverAt.IsZero() {
+		return o
+	}
+	cp := *m
+	cp.Headers = maps.Clone(m.Headers)
+	cp.SetHeader(mq.HeaderDeliverAt, m.DeliverAt.UTC().Format(time.RFC3339Nano))
+	if d := m.DeliverAt.Sub(now); d > 0 {
+		return Output{Topic: levelTopic(o.Topic, levelFor(d)), Message: &cp}
+	}
+	return Output{Topic: o.Topic, Message: &cp}
 }

@@ -47,6 +47,7 @@ func TestTransformExactlyOnce(t *testing.T) {
 		}
 	})
 	t.Run("PermanentErrorEnds", func(t *testing.T) { testTransformPermanent(t, u) })
+	t.Run("DeliveryHeaders", func(t *testing.T) { testTransformDeliveryHeaders(t, u) })
 	t.Run("AtLeastOnce", func(t *testing.T) {
 		counts := crashLoop(t, u, "plain")
 		missing, dups := tally(counts)
@@ -88,6 +89,125 @@ func testTransformPermanent(t *testing.T, u string) {
 	if lag[0].Committed >= 0 {
 		t.Errorf("committed offset %d after a failed transform, want none", lag[0].Committed)
 	}
+}
+
+// testTransformDeliveryHeaders checks that Transform reads the SDK's
+// delivery headers as a consumer does (another group's RetryLater copy is
+// skipped, earlier attempts count in Attempt, the headers are gone) and
+// that an output with DeliverAt is delayed, not written at once.
+func testTransformDeliveryHeaders(t *testing.T, u string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := mq.Open(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	in, out := "eos-hdr-"+mq.NewID(), "eos-hdr-out-"+mq.NewID()
+	group := "g-" + in
+	msgs := []*mq.Message{
+		{ID: "plain", Body: []byte("a")},
+		{ID: "other-group", Headers: map[string]string{mq.HeaderForGroup: "someone-else"}, Body: []byte("b")},
+		{ID: "retried", Headers: map[string]string{mq.HeaderForGroup: group, mq.HeaderAttemptsBefore: "2", "app": "kept"}, Body: []byte("c")},
+	}
+	if err := c.Producer().Produce(ctx, in, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	k, _ := kafka.FromClient(c)
+	var mu sync.Mutex
+	seen := map[string]*mq.Message{}
+	delay := 2 * time.Second
+	var due time.Time
+	tctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- kafka.Transform(tctx, k, kafka.TransformConfig{Topic: in, Group: group, TransactionalID: "hdr-" + in},
+			func(_ context.Context, m *mq.Message) ([]kafka.Output, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				seen[m.ID] = m
+				o := &mq.Message{ID: "out-" + m.ID, Body: m.Body}
+				if m.ID == "plain" {
+					due = time.Now().Add(delay)
+					o.DeliverAt = due
+				}
+				return []kafka.Output{{Topic: out, Message: o}}, nil
+			})
+	}()
+
+	// Read the outputs with an ordinary consumer (which also runs the
+	// topic's delay relay).
+	cons, err := c.Consumer(ctx, out, mq.WithGroup("reader"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *mq.Message, 10)
+	arrived := map[string]time.Time{}
+	cctx, cstop := context.WithCancel(ctx)
+	consumed := make(chan error, 1)
+	go func() {
+		consumed <- cons.Consume(cctx, mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+			got <- m
+			return nil
+		}))
+	}()
+	outs := map[string]*mq.Message{}
+	for len(outs) < 2 {
+		select {
+		case m := <-got:
+			outs[m.ID] = m
+			arrived[m.ID] = time.Now()
+		case <-ctx.Done():
+			t.Fatalf("outputs received: %v; want out-plain and out-retried", keys(outs))
+		}
+	}
+	cstop()
+	<-consumed
+	stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Transform: %v", err)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	if _, ok := seen["other-group"]; ok {
+		t.Error("Transform handed another group's retry copy to fn")
+	}
+	if r := seen["retried"]; r == nil {
+		t.Error("fn never saw the retried message")
+	} else {
+		if r.Attempt != 3 {
+			t.Errorf("retried message: Attempt %d, want 3 (2 before + this one)", r.Attempt)
+		}
+		if len(r.Headers) != 1 || r.Headers["app"] != "kept" {
+			t.Errorf("retried message: headers %v, want only app=kept (the SDK's headers taken off)", r.Headers)
+		}
+	}
+	if _, ok := outs["out-other-group"]; ok {
+		t.Error("an output was written for another group's message")
+	}
+	p := outs["out-plain"]
+	if p == nil {
+		t.Fatal("no delayed output")
+	}
+	if arrived["out-plain"].Before(due) {
+		t.Errorf("delayed output arrived %v before its DeliverAt", due.Sub(arrived["out-plain"]))
+	}
+	if !p.DeliverAt.Equal(due) {
+		t.Errorf("delayed output: DeliverAt %v, want %v", p.DeliverAt, due)
+	}
+	if _, ok := p.Headers[mq.HeaderDeliverAt]; ok {
+		t.Errorf("delayed output still carries %s", mq.HeaderDeliverAt)
+	}
+	t.Logf("delayed output due %v after it was made, arrived %v after its due time", delay, arrived["out-plain"].Sub(due).Round(time.Millisecond))
+}
+
+func keys(m map[string]*mq.Message) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
 
 // TestTransformConfigRequired checks the configuration Transform insists on.
