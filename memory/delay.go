@@ -10,12 +10,15 @@ import (
 	"github.com/mqkit/mq"
 )
 
-// scheduler keeps the broker's delayed messages in a heap ordered by due
-// time, and one goroutine (started with the first scheduled message,
-// stopped by Broker.Close) moves each into its topic when due. Being in
-// process, it is as durable as the broker itself.
+// scheduler keeps one topic's delayed messages in a heap ordered by due
+// time, and one goroutine (started with the topic's first scheduled
+// message, stopped by Broker.Close) moves each into the topic when due. A
+// topic of its own each: one topic full to capacity holds back only its
+// own due messages. Being in process, it is as durable as the broker
+// itself.
 type scheduler struct {
 	b      *Broker
+	topic  string
 	ctx    context.Context // cancelled by Broker.Close: a move waiting for room gives up
 	cancel context.CancelFunc
 
@@ -27,10 +30,9 @@ type scheduler struct {
 }
 
 type delayed struct {
-	due   time.Time
-	seq   uint64 // FIFO among equal due times
-	topic string
-	e     *entry
+	due time.Time
+	seq uint64 // FIFO among equal due times
+	e   *entry
 }
 
 type delayHeap []*delayed
@@ -58,7 +60,7 @@ func (c *conn) Schedule(_ context.Context, topicName string, msgs []*mq.Message)
 	if _, err := c.b.topic(topicName, true); err != nil {
 		return err
 	}
-	s := c.b.sched()
+	s := c.b.sched(topicName)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c.b.mu.Lock()
@@ -77,7 +79,7 @@ func (c *conn) Schedule(_ context.Context, topicName string, msgs []*mq.Message)
 		c.b.seq++
 		seq := c.b.seq
 		c.b.mu.Unlock()
-		heap.Push(&s.items, &delayed{due: m.DeliverAt, seq: seq, topic: topicName, e: &entry{msg: mq.Message{
+		heap.Push(&s.items, &delayed{due: m.DeliverAt, seq: seq, e: &entry{msg: mq.Message{
 			ID:      m.ID,
 			Key:     m.Key,
 			Headers: maps.Clone(m.Headers),
@@ -109,34 +111,34 @@ func (c *conn) Scheduled(_ context.Context, topicName string) (mq.ScheduleStats,
 	if closed {
 		return mq.ScheduleStats{}, mq.ErrClosed
 	}
-	s := c.b.sched()
+	s := c.b.sched(topicName)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var st mq.ScheduleStats
-	for _, d := range s.items {
-		if d.topic != topicName {
-			continue
-		}
-		st.Waiting++
-		if st.NextDue.IsZero() || d.due.Before(st.NextDue) {
-			st.NextDue = d.due
-		}
+	if len(s.items) > 0 {
+		st.Waiting = int64(len(s.items))
+		st.NextDue = s.items[0].due
 	}
 	return st, nil
 }
 
-// sched returns the broker's scheduler, made on first use.
-func (b *Broker) sched() *scheduler {
+// sched returns the scheduler of topic, made on first use.
+func (b *Broker) sched(topic string) *scheduler {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.scheduler == nil {
+	s := b.schedulers[topic]
+	if s == nil {
+		if b.schedulers == nil {
+			b.schedulers = map[string]*scheduler{}
+		}
 		ctx, cancel := context.WithCancel(context.Background())
-		b.scheduler = &scheduler{b: b, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
+		s = &scheduler{b: b, topic: topic, ctx: ctx, cancel: cancel, wake: make(chan struct{}, 1), done: make(chan struct{})}
+		b.schedulers[topic] = s
 	}
-	return b.scheduler
+	return s
 }
 
-// run moves due messages into their topics until the broker closes.
+// run moves due messages into the topic until the broker closes.
 func (s *scheduler) run() {
 	defer close(s.done)
 	timer := time.NewTimer(time.Hour)
@@ -175,14 +177,14 @@ func (s *scheduler) run() {
 	}
 }
 
-// move appends due messages to their topics, waiting for room as Send
+// move appends due messages to the topic, waiting for room as Send
 // does. It reports false once the broker is closed.
 func (s *scheduler) move(batch []*delayed) bool {
+	t, err := s.b.topic(s.topic, true)
+	if err != nil {
+		return false
+	}
 	for _, d := range batch {
-		t, err := s.b.topic(d.topic, true)
-		if err != nil {
-			return false
-		}
 		d.e.msg.Timestamp = time.Now()
 		for es := []*entry{d.e}; len(es) > 0; {
 			n, err := t.append(s.ctx, es, false) // due messages wait for room, whatever when_full says

@@ -86,7 +86,7 @@ type Broker struct {
 	seq    uint64
 	done   chan struct{}
 
-	scheduler *scheduler // delayed messages, made on first use
+	schedulers map[string]*scheduler // delayed messages per topic, made on first use
 }
 
 // NewBroker returns a new broker with no topics.
@@ -102,18 +102,21 @@ func NewBroker(cfg Config) *Broker {
 func (b *Broker) Conn() mq.Conn { return &conn{b: b} }
 
 // Close closes the broker: sends and receives fail with mq.ErrClosed.
-// It stops the goroutine that moves delayed messages (started by the
-// first one): close every broker made with NewBroker. Close is
-// idempotent.
+// It stops the goroutines that move delayed messages (one per topic,
+// started by its first one): close every broker made with NewBroker.
+// Close is idempotent.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if !b.closed {
 		b.closed = true
 		close(b.done)
 	}
-	s := b.scheduler
+	scheds := make([]*scheduler, 0, len(b.schedulers))
+	for _, s := range b.schedulers {
+		scheds = append(scheds, s)
+	}
 	b.mu.Unlock()
-	if s != nil {
+	for _, s := range scheds {
 		s.cancel()
 		s.mu.Lock()
 		started := s.started

@@ -229,3 +229,51 @@ func TestDelayedWaitsForRoomWhenFull(t *testing.T) {
 		t.Fatalf("handled %q, want fill, d1, d2", got)
 	}
 }
+
+// TestDelayedFullTopicHoldsOnlyItself: while one topic's group is full and
+// its due delayed message waits for room, another topic's due messages
+// still move (each topic has its own mover).
+func TestDelayedFullTopicHoldsOnlyItself(t *testing.T) {
+	b := memory.NewBroker(memory.Config{Capacity: 1})
+	c := mq.NewClient(b.Conn())
+	t.Cleanup(func() { _ = c.Close(); _ = b.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	full, err := c.Consumer(ctx, "full", mq.WithGroup("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close() // never consumes: its group stays full
+	p := c.Producer()
+	if err := p.Produce(ctx, "full", &mq.Message{Body: []byte("fill")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Produce(ctx, "full", (&mq.Message{Body: []byte("stuck")}).DeliverAfter(10*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the full topic's mover now waits for room
+	other, err := c.Consumer(ctx, "other", mq.WithGroup("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := p.Produce(ctx, "other", (&mq.Message{Body: []byte("free")}).DeliverAfter(10*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	_ = other.Consume(ctx, mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+		got = string(m.Body)
+		cancel()
+		return nil
+	}))
+	if got != "free" {
+		t.Fatalf("the other topic's due message did not arrive while the first topic was full (got %q)", got)
+	}
+	st, err := c.Scheduled(context.Background(), "full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Waiting != 0 {
+		t.Errorf("full topic: %d still scheduled, want 0 (its mover holds the due message, waiting for room)", st.Waiting)
+	}
+}
