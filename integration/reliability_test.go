@@ -122,36 +122,6 @@ func (l *ledger) waitNoLoss(t *testing.T, timeout time.Duration) {
 	}
 }
 
-// produceSteadily produces batches of 10 until ctx ends. A batch that fails
-// is produced again with the same IDs until it is confirmed: only then does
-// it count.
-func produceSteadily(ctx context.Context, p mq.Producer, topic string, l *ledger) {
-	for i := 0; ctx.Err() == nil; i++ {
-		batch := make([]*mq.Message, 10)
-		for j := range batch {
-			batch[j] = &mq.Message{Key: fmt.Sprintf("k%d", (i*10+j)%50), Body: []byte(fmt.Sprintf("msg %d", i*10+j))}
-		}
-		for ctx.Err() == nil {
-			pctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			err := p.Produce(pctx, topic, batch...)
-			cancel()
-			if err == nil {
-				l.mu.Lock()
-				for _, m := range batch {
-					l.confirmed[m.ID] = true
-				}
-				l.mu.Unlock()
-				break
-			}
-			l.mu.Lock()
-			l.errors++
-			l.mu.Unlock()
-			time.Sleep(200 * time.Millisecond)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestBrokerRestartLosesNothing restarts each broker twice and freezes it
 // once while a producer and a consumer group run; the SDK recovers by
 // itself.

@@ -47,6 +47,16 @@ type Config struct {
 	// Both defaults are applied by the broker, from Kafka 2.4 on; with an
 	// older broker (or Version below 2.4) set both.
 	ReplicationFactor int16
+	// MinInsyncReplicas is the min.insync.replicas of created topics: how
+	// many replicas, the leader included, must hold a message before an
+	// acks=all write (every Produce) is acknowledged; with fewer in sync
+	// the partition refuses writes rather than acknowledge what one more
+	// lost node would take with it. Default: the broker's
+	// min.insync.replicas (1 unless configured). On a cluster set it to
+	// at least 2 with a replication factor of 3 (see "Clusters" in the
+	// package documentation). It must not exceed ReplicationFactor, or
+	// every write to the topic would be refused.
+	MinInsyncReplicas int
 
 	// MaxMessageBytes is the largest message the producer sends; Produce
 	// rejects larger ones before sending. Created topics get it as their
@@ -106,6 +116,18 @@ type Config struct {
 	CommitInterval time.Duration
 	// DialTimeout bounds connecting to a broker. Default 10s.
 	DialTimeout time.Duration
+	// RequestTimeout is how long a request may wait for the broker's
+	// answer (and a write to its connection may block) before the
+	// connection is given up as broken: what a hung broker (a paused
+	// process, a partitioned machine) costs before the producer and
+	// consumers retry on the partitions' new leaders. Default: 5s more
+	// than the longest wait a healthy broker may take to answer: the
+	// producer's acks timeout (10s), SessionTimeout and DrainTimeout (a
+	// JoinGroup waits for the slowest member to rejoin), so 20s with the
+	// defaults. A shorter one makes slow but healthy answers count as
+	// failures (the idempotent producer retries them without duplicates;
+	// group joins fail and are retried).
+	RequestTimeout time.Duration
 
 	// TLS, when non-nil, makes connections use TLS.
 	TLS *tls.Config
@@ -147,6 +169,8 @@ func (c Config) clientID() string {
 //	create_topics=true        Config.CreateTopics
 //	partitions=N              Config.Partitions
 //	replication=N             Config.ReplicationFactor
+//	min_insync_replicas=N     Config.MinInsyncReplicas (min.insync.replicas
+//	                          of created topics)
 //	message_max_bytes=N       Config.MaxMessageBytes
 //	compression=zstd          none, gzip, snappy, lz4, zstd
 //	linger=5ms                Config.Linger
@@ -161,6 +185,7 @@ func (c Config) clientID() string {
 //	session_timeout=10s       Config.SessionTimeout
 //	commit_interval=200ms     Config.CommitInterval
 //	dial_timeout=10s          Config.DialTimeout
+//	request_timeout=20s       Config.RequestTimeout
 //	tls=true                  use TLS (implied by any tls_* parameter)
 //	tls_ca=FILE               PEM file of CAs to trust
 //	tls_cert=FILE, tls_key=FILE  client certificate
@@ -219,6 +244,14 @@ func ParseURL(u *url.URL) (Config, error) {
 		}
 		c.ReplicationFactor = int16(min(replication, math.MaxInt16))
 	}
+	if q.Int("min_insync_replicas", &c.MinInsyncReplicas, 1) {
+		if c.MinInsyncReplicas > math.MaxInt16 {
+			q.Bad("min_insync_replicas", strconv.Itoa(c.MinInsyncReplicas), "at most 32767")
+		} else if c.ReplicationFactor > 0 && c.MinInsyncReplicas > int(c.ReplicationFactor) {
+			q.Bad("min_insync_replicas", strconv.Itoa(c.MinInsyncReplicas),
+				fmt.Sprintf("at most replication=%d (more in-sync replicas than replicas refuses every write)", c.ReplicationFactor))
+		}
+	}
 	q.Int("message_max_bytes", &c.MaxMessageBytes, 1)
 	var compression string
 	if q.Enum("compression", &compression, "none", "gzip", "snappy", "lz4", "zstd") {
@@ -244,6 +277,7 @@ func ParseURL(u *url.URL) (Config, error) {
 	q.Duration("session_timeout", &c.SessionTimeout, 0)
 	q.Duration("commit_interval", &c.CommitInterval, time.Millisecond)
 	q.Duration("dial_timeout", &c.DialTimeout, 0)
+	q.Duration("request_timeout", &c.RequestTimeout, time.Second)
 
 	var tlsOn, insecure bool
 	var caFile, certFile, keyFile, serverName string
@@ -318,6 +352,46 @@ func (c Config) drainTimeout() time.Duration {
 	return c.DrainTimeout
 }
 
+// topicConfig is the configuration of the topics this package creates:
+// max.message.bytes when MaxMessageBytes is set (with room for the batch
+// framing), min.insync.replicas when MinInsyncReplicas is; nil when
+// neither is, so that the broker's defaults apply.
+func (c Config) topicConfig() map[string]*string {
+	var entries map[string]*string
+	set := func(name string, v int) {
+		if entries == nil {
+			entries = map[string]*string{}
+		}
+		s := strconv.Itoa(v)
+		entries[name] = &s
+	}
+	if c.MaxMessageBytes > 0 {
+		set("max.message.bytes", c.MaxMessageBytes+1024)
+	}
+	if c.MinInsyncReplicas > 0 {
+		set("min.insync.replicas", c.MinInsyncReplicas)
+	}
+	return entries
+}
+
+// producerTimeout is how long a broker may wait for the in-sync replicas
+// before it answers a produce request (sarama's Producer.Timeout).
+const producerTimeout = 10 * time.Second
+
+func (c Config) sessionTimeout() time.Duration {
+	if c.SessionTimeout == 0 {
+		return 10 * time.Second
+	}
+	return c.SessionTimeout
+}
+
+func (c Config) requestTimeout() time.Duration {
+	if c.RequestTimeout > 0 {
+		return c.RequestTimeout
+	}
+	return max(producerTimeout, c.sessionTimeout(), c.drainTimeout()) + 5*time.Second
+}
+
 func (c Config) maxMessageBytes() int {
 	if c.MaxMessageBytes == 0 {
 		return 1000000
@@ -328,6 +402,12 @@ func (c Config) maxMessageBytes() int {
 // sarama builds the sarama configuration shared by producers, consumer
 // groups and the admin client.
 func (c Config) sarama() (*sarama.Config, error) {
+	switch {
+	case c.MinInsyncReplicas < 0 || c.MinInsyncReplicas > math.MaxInt16:
+		return nil, fmt.Errorf("kafka: configuration: MinInsyncReplicas %d: want 0 (the broker's default) to 32767", c.MinInsyncReplicas)
+	case c.ReplicationFactor > 0 && c.MinInsyncReplicas > int(c.ReplicationFactor):
+		return nil, fmt.Errorf("kafka: configuration: MinInsyncReplicas %d is more than ReplicationFactor %d: every write to a created topic would be refused", c.MinInsyncReplicas, c.ReplicationFactor)
+	}
 	sc := sarama.NewConfig()
 	sc.ClientID = c.clientID()
 	sc.Version = sarama.V2_8_0_0
@@ -335,9 +415,14 @@ func (c Config) sarama() (*sarama.Config, error) {
 		sc.Version = c.Version
 	}
 	sc.Metadata.AllowAutoTopicCreation = false
+	sc.Net.DialTimeout = 10 * time.Second
 	if c.DialTimeout > 0 {
 		sc.Net.DialTimeout = c.DialTimeout
 	}
+	// sarama's 30s read and write timeouts would keep a hung leader's
+	// partitions stalled for 30s after the cluster elected new leaders.
+	sc.Net.ReadTimeout = c.requestTimeout()
+	sc.Net.WriteTimeout = c.requestTimeout()
 
 	// Producer: durable and ordered. acks=all, idempotent so sarama's own
 	// retries never duplicate, successes reported so Send can wait.
@@ -348,6 +433,7 @@ func (c Config) sarama() (*sarama.Config, error) {
 	sc.Producer.Compression = c.Compression
 	sc.Producer.Flush.Frequency = c.Linger
 	sc.Producer.Flush.Bytes = c.BatchBytes
+	sc.Producer.Timeout = producerTimeout
 	sc.Producer.Retry.Max = 10
 	sc.Producer.Retry.Backoff = 200 * time.Millisecond
 	if !c.DisableIdempotence {

@@ -105,7 +105,9 @@ func (s *subscription) run(ctx context.Context) {
 			return
 		}
 		failures++
-		wait := backoff.Equal(backoff.Exp(failures, 200*time.Millisecond, 5*time.Second))
+		// At most 2s: while a dead coordinator or leader is being fenced
+		// (about 9s) a longer wait only adds to the consumer's stall.
+		wait := backoff.Equal(backoff.Exp(failures, 200*time.Millisecond, 2*time.Second))
 		s.log().Warn("kafka: consumer group session failed; rejoining", "group", s.group, "topic", s.topic, "error", classify(err), "retry_in", wait)
 		if !backoff.Sleep(ctx, wait, nil) {
 			return

@@ -210,6 +210,47 @@
 //     commit as the group "mq-delay.<topic>", and to use transactional IDs
 //     starting with "mq-delay.<topic>.".
 //
+// # Clusters
+//
+// Name several brokers in the URL (kafka://k1:9092,k2:9092,k3:9092/?...):
+// the client bootstraps from any of them that answers and then follows the
+// cluster's metadata, so one live broker is enough, also for a service
+// that starts during an outage. Produce always waits for acks=all with the
+// idempotent producer, but acks=all means "every replica now in sync",
+// which may be the leader alone. What makes an acknowledged write survive
+// the loss of a node is the topic's min.insync.replicas: with replication
+// factor 3 set it to at least 2 (the brokers' min.insync.replicas, or
+// min_insync_replicas=2 for the topics this package creates, next to
+// replication=3). A write is then acknowledged only once two replicas hold
+// it, and a partition left with one replica in sync refuses writes (an
+// error wrapping mq.ErrUnavailable) rather than acknowledge what the next
+// failure would take with it. Keep unclean.leader.election.enable=false,
+// Kafka's default: with it on, a replica that fell behind may become the
+// leader and drop acknowledged writes.
+//
+// Leader changes are followed without a restart: the producer retries a
+// write on the partition's new leader once the metadata names it, and
+// consumers fetch from the new leader and rejoin their group where its
+// coordinator moved. A node loss costs the cluster's own failover time: a
+// crashed broker's partitions move once the controller fences it, after
+// broker.session.timeout.ms (9 s by default); a broker stopped cleanly
+// hands them over at once (controlled shutdown). A hung broker (a frozen
+// process, a partitioned machine) is fenced the same way, but this client
+// gives up a connection to it only after Config.RequestTimeout (20 s by
+// default), and more than once when its metadata or coordinator lookups
+// land on the hung broker too. A hung group coordinator also costs
+// duplicates: the offsets a member commits while it hangs are lost when
+// the member's session expires, so what it handled since its last commit
+// before the hang is delivered again. Measured on a 3-node test bed under
+// steady load (integration/cluster; session_timeout=6s, so a 15 s request
+// timeout), with nothing acknowledged lost and no key out of order in any
+// run: producing and consuming resumed 7-16 s after the SIGKILL of a
+// partition leader and within 0.5 s when a follower was stopped; with a
+// leader paused for 25-35 s, producing resumed 15 s into the pause in half
+// of the runs and only once it was unpaused in the others; with the group
+// coordinator paused as well, up to everything handled during the pause
+// was delivered again (6,831 of 8,900 messages in one 35 s pause).
+//
 // # Errors
 //
 // Errors from a cluster that cannot be reached or cannot serve the request
@@ -231,7 +272,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -424,8 +464,9 @@ func (c *Conn) topicExists(topic string) (bool, error) {
 }
 
 // CreateTopic creates topic with the given partitions and replication
-// factor, with max.message.bytes set to Config.MaxMessageBytes when that
-// was configured. Zero (or less) means the broker's default: its
+// factor, with max.message.bytes set to Config.MaxMessageBytes and
+// min.insync.replicas to Config.MinInsyncReplicas when those were
+// configured. Zero (or less) means the broker's default: its
 // num.partitions and default.replication.factor, which the broker applies
 // from Kafka 2.4 on (KIP-464; with an older broker, or Config.Version
 // below 2.4, give both). An existing topic is not an error, whatever its
@@ -456,8 +497,9 @@ func (c *Conn) CreateTopic(ctx context.Context, topic string, partitions int32, 
 }
 
 // topicDetail describes a topic to create: partitions and replication
-// (zero or less: the broker's defaults), and max.message.bytes set to
-// Config.MaxMessageBytes when that was configured.
+// (zero or less: the broker's defaults), max.message.bytes set to
+// Config.MaxMessageBytes and min.insync.replicas to
+// Config.MinInsyncReplicas when those were configured.
 func (c *Conn) topicDetail(partitions int32, replication int16) *sarama.TopicDetail {
 	if partitions <= 0 {
 		partitions = -1 // the broker's num.partitions
@@ -465,12 +507,7 @@ func (c *Conn) topicDetail(partitions int32, replication int16) *sarama.TopicDet
 	if replication <= 0 {
 		replication = -1 // the broker's default.replication.factor
 	}
-	detail := &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: replication}
-	if c.cfg.MaxMessageBytes > 0 {
-		v := strconv.Itoa(c.cfg.MaxMessageBytes + 1024) // room for the batch framing
-		detail.ConfigEntries = map[string]*string{"max.message.bytes": &v}
-	}
-	return detail
+	return &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: replication, ConfigEntries: c.cfg.topicConfig()}
 }
 
 // PartitionLag is how far a consumer group is behind on one partition.
