@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/internal/urlparams"
 )
@@ -50,7 +48,11 @@ const (
 // a Config from the URL with ParseURL.
 type Config struct {
 	// URL is the broker's address: amqp://user:pass@host:port/vhost (or
-	// amqps://). It may carry amqp091-go's own query parameters: heartbeat,
+	// amqps://). For a cluster it may name several nodes, separated by
+	// commas: amqp://user:pass@h1:5672,h2:5672,[::1]:5672/vhost, each one
+	// dialed in turn with the same credentials, vhost and parameters until
+	// one answers (see the package documentation, "Clusters"). It may
+	// carry amqp091-go's own query parameters: heartbeat,
 	// connection_timeout, channel_max, auth_mechanism, certfile, keyfile,
 	// cacertfile, server_name_indication. String and errors show it with
 	// the password replaced by "xxxxx".
@@ -170,9 +172,17 @@ type Config struct {
 // auth_mechanism, certfile, keyfile, cacertfile, server_name_indication)
 // stay in Config.URL. Any other parameter is an error wrapping
 // mq.ErrInvalidURL. Errors never contain the password.
+//
+// The host may be a comma-separated list of the nodes of a cluster
+// (host:port, or [IPv6]:port; the port defaults to 5672, or 5671 for
+// amqps), e.g. amqp://user:pass@h1:5672,h2:5672,h3:5672/vhost. An empty
+// entry in the list is an error.
 func ParseURL(rawURL string) (Config, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
+		if lu := parseHostList(rawURL); lu != nil {
+			return configFromURL(lu) // an IPv6 literal in a host list
+		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error repeats the URL, password included
@@ -234,22 +244,14 @@ func configFromURL(u *url.URL) (Config, error) {
 	return cfg, nil
 }
 
-// check validates cfg and its URL (with amqp091's own parser).
+// check validates cfg and its URL (each broker's, with amqp091's own
+// parser).
 func (cfg *Config) check() error {
 	if cfg.URL == "" {
 		return fmt.Errorf("%w: rabbit: Config.URL is empty", mq.ErrInvalidURL)
 	}
-	u, err := url.Parse(cfg.URL)
-	if err != nil {
-		return fmt.Errorf("%w %q: malformed URL", mq.ErrInvalidURL, mq.RedactURL(cfg.URL))
-	}
-	if _, err := amqp.ParseURI(cfg.URL); err != nil {
-		// amqp091's messages name parameters and rules, not the URL.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("%w %q: %v", mq.ErrInvalidURL, u.Redacted(), err)
+	if _, err := cfg.endpoints(); err != nil {
+		return err
 	}
 	switch {
 	case cfg.ExchangeType != "" && cfg.ExchangeType != "topic" && cfg.ExchangeType != "fanout":

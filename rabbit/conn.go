@@ -64,6 +64,10 @@ var (
 type Conn struct {
 	cfg      Config
 	redacted string
+	hosts    []endpoint // the brokers of cfg.URL, tried in turn
+	// lastGood is the index in hosts of the broker that the last
+	// successful dial of either link reached (see link.dial).
+	lastGood atomic.Int64
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -96,15 +100,23 @@ type Conn struct {
 // makes one attempt, bounded by ctx and Config.ReconnectTimeout, and fails
 // if the broker cannot be reached (the error then wraps
 // mq.ErrUnavailable); once connected, the connection recovers from broker
-// restarts and network failures by itself until Close.
+// restarts and network failures by itself until Close. A URL naming
+// several brokers (the nodes of a cluster) makes each attempt try them in
+// turn: Dial fails only if none answers, and the error names each one's
+// failure.
 func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	hosts, err := cfg.endpoints()
+	if err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
 	c := &Conn{
 		cfg:      cfg,
 		redacted: cfg.redactedURL(),
+		hosts:    hosts,
 		live:     map[*mq.Message]*delivery{},
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
@@ -112,7 +124,7 @@ func Dial(ctx context.Context, cfg Config) (*Conn, error) {
 	c.sub = newLink(c, "consume")
 	o := c.newOutage(c.pub)
 	cctx, cancel := o.connectCtx(ctx)
-	_, err := c.pub.get(cctx)
+	_, err = c.pub.get(cctx)
 	err = o.connectErr(ctx, cctx, err)
 	cancel()
 	if err != nil {
@@ -259,6 +271,9 @@ type link struct {
 	c    *Conn
 	name string
 	sem  chan struct{} // held while dialing or reading conn
+	// host is the index in c.hosts of the broker of the last connection,
+	// -1 before the first. Only the holder of sem touches it.
+	host int
 
 	mu       sync.Mutex // guards the fields below
 	conn     *amqp.Connection
@@ -272,7 +287,7 @@ type link struct {
 }
 
 func newLink(c *Conn, name string) *link {
-	return &link{c: c, name: name, sem: make(chan struct{}, 1)}
+	return &link{c: c, name: name, sem: make(chan struct{}, 1), host: -1}
 }
 
 // get returns the link's open connection, dialing it if needed.
@@ -298,7 +313,7 @@ func (l *link) get(ctx context.Context) (*amqp.Connection, error) {
 	defer cancel()
 	stop := context.AfterFunc(l.c.ctx, cancel)
 	defer stop()
-	conn, err := l.dial(ctx)
+	conn, node, err := l.dial(ctx)
 	if err != nil {
 		if l.c.ctx.Err() != nil {
 			return nil, mq.ErrClosed
@@ -318,15 +333,32 @@ func (l *link) get(ctx context.Context) (*amqp.Connection, error) {
 	}
 	l.down = time.Time{}
 	if l.gen > 0 {
-		l.c.cfg.Logger.Info("rabbit: reconnected", "connection", l.name, "broker", l.c.redacted)
+		if len(l.c.hosts) > 1 {
+			l.c.cfg.Logger.Info("rabbit: reconnected", "connection", l.name, "broker", l.c.redacted, "node", node)
+		} else {
+			l.c.cfg.Logger.Info("rabbit: reconnected", "connection", l.name, "broker", l.c.redacted)
+		}
 	}
 	l.conn = conn
 	l.gen++
 	l.declared = map[string]bool{}
 	l.setBlocked(false)
-	// The watcher ends when conn closes (amqp091 closes the channel).
-	go l.watchBlocked(conn, conn.NotifyBlocked(make(chan amqp.Blocking, 1)))
+	// The watcher ends when conn closes (amqp091 closes the channels).
+	go l.watch(conn, node, conn.NotifyBlocked(make(chan amqp.Blocking, 1)), conn.NotifyClose(make(chan *amqp.Error, 1)))
 	return conn, nil
+}
+
+// watch follows conn until it closes: it tracks blocking (watchBlocked),
+// then logs why conn closed unless it was closed on purpose.
+func (l *link) watch(conn *amqp.Connection, node string, blocks <-chan amqp.Blocking, closes <-chan *amqp.Error) {
+	l.watchBlocked(conn, blocks)
+	if e, ok := <-closes; ok && e != nil && l.c.ctx.Err() == nil {
+		if len(l.c.hosts) > 1 {
+			l.c.cfg.Logger.Warn("rabbit: connection lost", "connection", l.name, "node", node, "error", e)
+		} else {
+			l.c.cfg.Logger.Warn("rabbit: connection lost", "connection", l.name, "error", e)
+		}
+	}
 }
 
 // watchBlocked tracks connection.blocked / unblocked, so that a Send
@@ -381,15 +413,69 @@ func (l *link) waitUnblocked(ctx context.Context) error {
 	}
 }
 
-// dial opens an AMQP connection, bounded by ctx.
-func (l *link) dial(ctx context.Context) (*amqp.Connection, error) {
-	uri, err := amqp.ParseURI(l.c.cfg.URL) // checked by Config.check
+// dial opens an AMQP connection, bounded by ctx, to the first broker of
+// c.hosts that answers, and returns it with that broker's address. It
+// starts with the broker that the last successful dial of either link
+// reached, or, if that is the one this link's connection was lost on, the
+// one after it (so the other link's reconnection, or the first dial of the
+// consuming link, goes where the first one found a live node). Each
+// broker's attempt is bounded by connection_timeout (default 30s, or
+// multiHostTimeout when there are several) and, when ctx has a deadline,
+// by an equal share of the time left among the brokers not tried yet (at
+// least minHostShare), so that one that does not answer leaves time for
+// the others.
+func (l *link) dial(ctx context.Context) (*amqp.Connection, string, error) {
+	hosts := l.c.hosts
+	if len(hosts) == 1 {
+		conn, err := l.dialURL(ctx, hosts[0].url, 0)
+		return conn, hosts[0].addr, err
+	}
+	first := int(l.c.lastGood.Load())
+	if first == l.host {
+		first = (first + 1) % len(hosts)
+	}
+	var failed dialErrors
+	for k := range hosts {
+		i := (first + k) % len(hosts)
+		limit := time.Duration(0)
+		if dl, ok := ctx.Deadline(); ok && k < len(hosts)-1 {
+			limit = max(time.Until(dl)/time.Duration(len(hosts)-k), minHostShare)
+		}
+		conn, err := l.dialURL(ctx, hosts[i].url, limit)
+		if err == nil {
+			l.host = i
+			l.c.lastGood.Store(int64(i))
+			if len(failed) > 0 {
+				l.c.cfg.Logger.Info("rabbit: connected to another node", "connection", l.name, "node", hosts[i].addr, "failed", failed.Error())
+			}
+			return conn, hosts[i].addr, nil
+		}
+		failed = append(failed, hostError{addr: hosts[i].addr, err: err})
+		if ctx.Err() != nil {
+			return nil, "", fmt.Errorf("%w (%w)", ctx.Err(), failed)
+		}
+	}
+	return nil, "", failed
+}
+
+// dialURL opens an AMQP connection to the one broker of rawURL, bounded by
+// ctx and by connection_timeout (amqp091's 30s default, or
+// multiHostTimeout for a URL naming several brokers) or, when above zero,
+// limit if that is shorter.
+func (l *link) dialURL(ctx context.Context, rawURL string, limit time.Duration) (*amqp.Connection, error) {
+	uri, err := amqp.ParseURI(rawURL) // checked by Config.check
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", mq.ErrInvalidURL, err)
 	}
 	timeout := 30 * time.Second
+	if len(l.c.hosts) > 1 {
+		timeout = multiHostTimeout
+	}
 	if uri.ConnectionTimeout > 0 {
 		timeout = time.Duration(uri.ConnectionTimeout) * time.Millisecond
+	}
+	if limit > 0 {
+		timeout = min(timeout, limit)
 	}
 	var stop func() bool
 	cfg := amqp.Config{
@@ -408,7 +494,7 @@ func (l *link) dial(ctx context.Context) (*amqp.Connection, error) {
 			return nc, nil
 		},
 	}
-	conn, err := amqp.DialConfig(l.c.cfg.URL, cfg)
+	conn, err := amqp.DialConfig(rawURL, cfg)
 	if stop != nil && !stop() {
 		// ctx ended during the handshake: its deadline may have broken
 		// the connection.

@@ -416,9 +416,12 @@ func delayNext(topic string, k int) string {
 }
 
 // declareDue declares the due exchange and queue of topic on a channel of
-// its own: a fanout exchange and a durable classic queue with a single
-// active consumer (so one relay at a time moves them, in order). A due
-// queue that exists with other arguments is used as it is.
+// its own: a fanout exchange and a durable queue with a single active
+// consumer (so one relay at a time moves them, in order), a quorum queue
+// where the groups' queues are (queue_type=quorum: on a cluster it must
+// not live on one node), else classic. A due queue that exists with other
+// arguments (made by an earlier version, or with another queue_type) is
+// used as it is.
 func (c *Conn) declareDue(conn *amqp.Connection, topic string) error {
 	name := delayDueName(topic)
 	if c.cfg.DisableDeclare {
@@ -438,7 +441,11 @@ func (c *Conn) declareDue(conn *amqp.Connection, topic string) error {
 	if err := ch.ExchangeDeclare(name, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
 		return fmt.Errorf("rabbit: declare exchange %q: %w", name, err)
 	}
-	_, err = ch.QueueDeclare(name, true, false, false, false, amqp.Table{amqp.SingleActiveConsumerArg: true})
+	args := amqp.Table{amqp.SingleActiveConsumerArg: true}
+	if c.cfg.QueueType == Quorum {
+		args[amqp.QueueTypeArg] = amqp.QueueTypeQuorum
+	}
+	_, err = ch.QueueDeclare(name, true, false, false, false, args)
 	if err != nil {
 		if arg, _ := inequivalentArg(err); arg == "" {
 			return fmt.Errorf("rabbit: declare queue %q: %w", name, err)

@@ -32,6 +32,10 @@ func transient(err error) bool {
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
+	var de dialErrors
+	if errors.As(err, &de) {
+		return de.anyOf(transient) // one node of the cluster may be back soon
+	}
 	var ae *amqp.Error
 	if errors.As(err, &ae) {
 		switch ae.Code {
@@ -66,6 +70,10 @@ func retriable(err error) bool {
 		if errors.Is(err, e) {
 			return false
 		}
+	}
+	var de dialErrors
+	if errors.As(err, &de) {
+		return de.anyOf(retriable)
 	}
 	var ae *amqp.Error
 	if !errors.As(err, &ae) {
@@ -156,6 +164,11 @@ func (o *outage) connectCtx(ctx context.Context) (context.Context, context.Cance
 func (o *outage) connectErr(ctx, bounded context.Context, err error) error {
 	if err != nil && bounded.Err() != nil && ctx.Err() == nil &&
 		(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+		var de dialErrors
+		if errors.As(err, &de) { // what each broker of the list did
+			return fmt.Errorf("rabbit: connect to %s: no answer in time (reconnect_timeout %v): %w (%v)",
+				o.l.c.redacted, o.limit, os.ErrDeadlineExceeded, de)
+		}
 		return fmt.Errorf("rabbit: connect to %s: no answer in time (reconnect_timeout %v): %w",
 			o.l.c.redacted, o.limit, os.ErrDeadlineExceeded)
 	}

@@ -14,17 +14,21 @@ import (
 )
 
 // A Cluster is a replicated broker of several nodes, each in a container of
-// its own with host networking and an address of its own on the loopback
-// network (127.0.X.N), started by KafkaCluster, RabbitMQCluster,
-// RedisClusterHA or RedisSentinelHA.
+// its own serving clients at an address of its own on the loopback network
+// (127.0.X.N), started by KafkaCluster, RabbitMQCluster, RedisClusterHA or
+// RedisSentinelHA. Kafka and Redis nodes use host networking and listen on
+// their address; RabbitMQ nodes each have a network namespace of their
+// own (Erlang's port mapper cannot be shared) and publish their AMQP port
+// on their address. Nothing listens beyond the loopback network.
 //
 // Every node is a *Broker: Stop, Start, Kill, Pause, Unpause and Restart
 // act on that node alone, as the outage of one machine. Only one cluster
-// should run at a time on a small machine (each one starts three to nine
+// should run at a time on a small machine (each one starts three to eight
 // processes).
 type Cluster struct {
-	// Kind is the broker type of the nodes (KindKafka, KindRabbitMQ or
-	// KindRedis).
+	// Kind is the broker type of the nodes: KindKafka, KindRabbitMQ,
+	// KindRedisCluster (RedisClusterHA) or KindRedisSentinel
+	// (RedisSentinelHA).
 	Kind Kind
 	// URL is what mq.Open takes, naming every node (or, for Sentinel,
 	// every sentinel) so that the client can start from any live one.

@@ -20,6 +20,19 @@
 // listens on 127.0.0.1 only, so its advertised listener is the address the
 // test dials.
 //
+// # Clusters
+//
+// KafkaCluster (3 KRaft nodes, replication factor 3, min.insync.replicas
+// 2), RabbitMQCluster (3 nodes, for quorum queues), RedisClusterHA (3
+// primaries, 3 replicas) and RedisSentinelHA (a primary, a replica and 3
+// sentinels) start replicated brokers for the fault tests of
+// integration/cluster, each node at an address of its own on the loopback
+// network (127.0.1.N Kafka, 127.0.2.N RabbitMQ, 127.0.3.N Redis Cluster,
+// 127.0.4.N Sentinel). Cluster.URL names every node; each node is a
+// *Broker whose Stop, Kill, Pause and Start act on it alone. The addresses
+// are fixed, so only one cluster of a kind runs on a machine at a time
+// (and, on a small machine, one cluster at all).
+//
 // # Images
 //
 // The images come from the environment, defaulting to the official public
