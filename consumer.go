@@ -379,7 +379,9 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 				return err
 			}
 			failures++
-			wait := backoff.Exp(failures, 100*time.Millisecond, 5*time.Second)
+			// At most 2s: a broker back from a failover is used within
+			// 2s, at the cost of a retry every 2s during a long outage.
+			wait := backoff.Exp(failures, 100*time.Millisecond, 2*time.Second)
 			d.o.log().Warn("mq: receive failed; retrying", "error", err, "retry_in", wait)
 			select {
 			case <-time.After(wait):
