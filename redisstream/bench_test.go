@@ -2,11 +2,15 @@ package redisstream_test
 
 import (
 	"context"
+	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/integration/testbed"
 )
 
 // BenchmarkProduce sends 1 KiB messages in Produce calls of 100 (one
@@ -82,5 +86,77 @@ func BenchmarkConsume(b *testing.B) {
 			cancel()
 			_ = cons.Close()
 		})
+	}
+}
+
+// BenchmarkProduceReplicated measures what wait_replicas=1 costs: 1 KiB
+// messages produced one per call and 100 per call (one pipeline, one WAIT
+// each), on a Sentinel-managed primary with one replica and on a Redis
+// Cluster of three primaries with a replica each (testbed.RedisSentinelHA
+// and RedisClusterHA, on fixed loopback addresses: run it alone). The
+// calls alternate between a client without wait_replicas and one with
+// wait_replicas=1, so that both see the same load of the machine; it
+// reports the messages/s of each and their ratio.
+func BenchmarkProduceReplicated(b *testing.B) {
+	for _, set := range []struct {
+		name  string
+		start func(testing.TB, ...testbed.Option) *testbed.Cluster
+	}{
+		{"sentinel", testbed.RedisSentinelHA},
+		{"cluster", testbed.RedisClusterHA},
+	} {
+		b.Run(set.name, func(b *testing.B) {
+			c := set.start(b)
+			for _, batch := range []int{1, 100} {
+				b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+					benchWaitCost(b, c.URL, batch)
+				})
+			}
+		})
+	}
+}
+
+// benchWaitCost produces b.N 1 KiB messages on rawURL, batch per Produce
+// call, alternating between wait_replicas=0 and wait_replicas=1.
+func benchWaitCost(b *testing.B, rawURL string, batch int) {
+	ctx := context.Background()
+	sep := "?"
+	if strings.Contains(rawURL, "?") {
+		sep = "&"
+	}
+	var producers [2]mq.Producer
+	for k := range producers {
+		cl, err := mq.Open(ctx, rawURL+sep+"wait_replicas="+strconv.Itoa(k))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer cl.Close()
+		producers[k] = cl.Producer()
+	}
+	topic := topicName(b)
+	body := make([]byte, 1024)
+	var took [2]time.Duration
+	var sent [2]int
+	b.SetBytes(1024)
+	b.ResetTimer()
+	for i := 0; i < b.N; i += batch {
+		k := (i / batch) % 2
+		msgs := make([]*mq.Message, min(batch, b.N-i))
+		for j := range msgs {
+			msgs[j] = &mq.Message{Key: "k", Body: body}
+		}
+		start := time.Now()
+		if err := producers[k].Produce(ctx, topic, msgs...); err != nil {
+			b.Fatal(err)
+		}
+		took[k] += time.Since(start)
+		sent[k] += len(msgs)
+	}
+	b.StopTimer()
+	if took[0] > 0 && took[1] > 0 {
+		r0, r1 := float64(sent[0])/took[0].Seconds(), float64(sent[1])/took[1].Seconds()
+		b.ReportMetric(r0, "msgs/s-wait0")
+		b.ReportMetric(r1, "msgs/s-wait1")
+		b.ReportMetric(r1/r0, "wait1/wait0")
 	}
 }

@@ -76,6 +76,24 @@ type Config struct {
 	// URL: start=latest (default start=earliest).
 	StartLatest bool
 
+	// WaitReplicas, when above 0, makes Send and Schedule return nil only
+	// once this many replicas acknowledged their writes: each pipeline of
+	// XADDs (or MULTI/EXEC of a Schedule) is followed, on the same
+	// connection, by WAIT WaitReplicas WaitTimeout. Fewer acknowledgements
+	// within WaitTimeout fail the call with an error wrapping
+	// ErrNotReplicated and mq.ErrUnavailable; the entries may have been
+	// written all the same, so the caller retries with the same IDs and
+	// consumers deduplicate. See "Clusters and replication" in the package
+	// documentation for what this does and does not promise.
+	// URL: wait_replicas. Default 0: return once the primary answered.
+	WaitReplicas int
+
+	// WaitTimeout bounds each WAIT of WaitReplicas. It must be at least
+	// 250ms shorter than the client's read timeout (the WAIT reply is read
+	// with it). URL: wait_timeout. Default 1s, or half the read timeout
+	// if that is shorter.
+	WaitTimeout time.Duration
+
 	// MaxMessageBytes is the largest message (ID, key, header names and
 	// values, body) Send accepts. Default 64 MiB (Redis itself takes up
 	// to 512 MB in one field).
@@ -101,6 +119,8 @@ func (cfg *Config) setDefaults() error {
 		return fmt.Errorf("redisstream: Shards must be from 0 to %d, got %d", maxShards, cfg.Shards)
 	case cfg.MaxLen > 0 && cfg.MaxAge > 0:
 		return fmt.Errorf("redisstream: set at most one of MaxLen and MaxAge")
+	case cfg.WaitReplicas < 0 || cfg.WaitTimeout < 0:
+		return fmt.Errorf("redisstream: WaitReplicas and WaitTimeout must not be negative")
 	}
 	if cfg.ClaimIdle == 0 {
 		cfg.ClaimIdle = defaultClaimIdle
@@ -155,6 +175,9 @@ func NewConn(client redis.UniversalClient, cfg Config) (*Conn, error) {
 
 func newConn(client redis.UniversalClient, cfg Config, owns bool) (*Conn, error) {
 	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := cfg.setWait(client); err != nil {
 		return nil, err
 	}
 	return &Conn{client: client, cfg: cfg, owns: owns}, nil
@@ -243,7 +266,8 @@ func (c *Conn) checkTopic(ctx context.Context, topic string) error {
 }
 
 // Send implements mq.Conn: one pipelined XADD per message, returning after
-// every reply.
+// every reply. With Config.WaitReplicas, each pipeline ends with a WAIT,
+// and Send returns after it counted the replicas asked for.
 func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error {
 	if c.isClosed() {
 		return mq.ErrClosed
@@ -262,8 +286,7 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 	}
 	for start := 0; start < len(msgs); start += pipelineChunk {
 		chunk := msgs[start:min(start+pipelineChunk, len(msgs))]
-		pipe := c.client.Pipeline()
-		cmds := make([]*redis.StringCmd, len(chunk))
+		args := make([]*redis.XAddArgs, len(chunk))
 		for i, m := range chunk {
 			stream := topic
 			if c.cfg.Shards > 0 {
@@ -275,23 +298,41 @@ func (c *Conn) Send(ctx context.Context, topic string, msgs []*mq.Message) error
 			} else if minID != "" {
 				a.MinID, a.Approx = minID, true
 			}
-			cmds[i] = pipe.XAdd(ctx, a)
+			args[i] = a
 		}
-		_, _ = pipe.Exec(ctx)
-		var errs []error
-		for i, cmd := range cmds {
-			if err := cmd.Err(); err != nil {
-				errs = append(errs, fmt.Errorf("message %s: %w", chunk[i].ID, c.mapErr(err)))
-				if len(errs) == 3 {
-					break
-				}
-			}
+		var err error
+		if c.cfg.WaitReplicas > 0 {
+			err = c.addReplicated(ctx, chunk, args)
+		} else {
+			err = c.add(ctx, chunk, args)
 		}
-		if len(errs) > 0 {
-			return fmt.Errorf("redisstream: XADD to %q failed (%d messages sent before this batch): %w", topic, start, errors.Join(errs...))
+		if err != nil {
+			return fmt.Errorf("redisstream: XADD to %q failed (%d messages sent before this batch): %w", topic, start, err)
 		}
 	}
 	return nil
+}
+
+// add sends one XADD per message in one pipeline (through the Cluster
+// client, which follows redirections itself) and returns the first
+// errors, up to three.
+func (c *Conn) add(ctx context.Context, chunk []*mq.Message, args []*redis.XAddArgs) error {
+	pipe := c.client.Pipeline()
+	cmds := make([]*redis.StringCmd, len(args))
+	for i, a := range args {
+		cmds[i] = pipe.XAdd(ctx, a)
+	}
+	_, _ = pipe.Exec(ctx)
+	var errs []error
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("message %s: %w", chunk[i].ID, c.mapErr(err)))
+			if len(errs) == 3 {
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Close implements mq.Conn: it closes the Conn's subscriptions (handing

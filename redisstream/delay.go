@@ -158,8 +158,9 @@ func dueScore(t time.Time) int64 {
 // Schedule implements mq.Scheduler: each message is a member of the
 // topic's schedule (a sorted set scored by due time) with its stream
 // entry's fields in a hash, both written in one MULTI/EXEC per up to 500
-// messages. It returns after every EXEC was answered: with the
-// persistence Redis is configured for, as durable as Send.
+// messages. It returns after every EXEC was answered (and, with
+// WaitReplicas, acknowledged by that many replicas): with the persistence
+// Redis is configured for, as durable as Send.
 func (c *Conn) Schedule(ctx context.Context, topic string, msgs []*mq.Message) error {
 	if c.isClosed() {
 		return mq.ErrClosed
@@ -182,22 +183,30 @@ func (c *Conn) Schedule(ctx context.Context, topic string, msgs []*mq.Message) e
 	earliest := int64(-1)
 	for start := 0; start < len(msgs); start += scheduleChunk {
 		chunk := msgs[start:min(start+scheduleChunk, len(msgs))]
-		pipe := c.client.TxPipeline()
-		for _, m := range chunk {
-			shard := 0
-			if c.cfg.Shards > 0 {
-				shard = shardOf(m, c.cfg.Shards)
+		queue := func(pipe redis.Pipeliner) error {
+			for _, m := range chunk {
+				shard := 0
+				if c.cfg.Shards > 0 {
+					shard = shardOf(m, c.cfg.Shards)
+				}
+				member, payload := delayEntry(m, shard)
+				score := dueScore(m.DeliverAt)
+				if earliest < 0 || score < earliest {
+					earliest = score
+				}
+				pipe.HSet(ctx, keys.payloads, member, payload)
+				pipe.ZAdd(ctx, keys.schedule, redis.Z{Score: float64(score), Member: member})
 			}
-			member, payload := delayEntry(m, shard)
-			score := dueScore(m.DeliverAt)
-			if earliest < 0 || score < earliest {
-				earliest = score
-			}
-			pipe.HSet(ctx, keys.payloads, member, payload)
-			pipe.ZAdd(ctx, keys.schedule, redis.Z{Score: float64(score), Member: member})
+			return nil
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
-			return fmt.Errorf("redisstream: scheduling on %q failed (%d messages scheduled before this batch): %w", topic, start, c.mapErr(err))
+		var err error
+		if c.cfg.WaitReplicas > 0 {
+			err = c.execReplicated(ctx, keys.schedule, queue)
+		} else if _, err = c.client.TxPipelined(ctx, queue); err != nil {
+			err = c.mapErr(err)
+		}
+		if err != nil {
+			return fmt.Errorf("redisstream: scheduling on %q failed (%d messages scheduled before this batch): %w", topic, start, err)
 		}
 	}
 	if earliest >= 0 {

@@ -36,7 +36,10 @@ func (c *Conn) mapErr(err error) error {
 //     error, the connection pool timing out, a closed client that is not
 //     clientClosed, and the replies of a server that is not serving now:
 //     LOADING, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, READONLY (a primary
-//     turned replica by a failover), BUSY, NOREPLICAS and max clients;
+//     turned replica by a failover), BUSY, NOREPLICAS, max clients, and
+//     the MOVED and ASK redirections of a Redis Cluster slot that moved
+//     or is moving, where a command on a node's own connection meets them
+//     (the Cluster client follows them itself elsewhere);
 //   - otherwise err as it is (a context's error is the caller's, not an
 //     outage; a TLS certificate error or an authentication failure will
 //     not pass by itself).
@@ -77,7 +80,8 @@ func transient(err error) bool {
 		return true
 	case redis.IsLoadingError(err), redis.IsMasterDownError(err), redis.IsClusterDownError(err),
 		redis.IsTryAgainError(err), redis.IsReadOnlyError(err), redis.IsNoReplicasError(err),
-		redis.IsMaxClientsError(err), redis.HasErrorPrefix(err, "BUSY "):
+		redis.IsMaxClientsError(err), redis.HasErrorPrefix(err, "BUSY "),
+		redis.HasErrorPrefix(err, "MOVED "), redis.HasErrorPrefix(err, "ASK "):
 		return true
 	}
 	var ne net.Error

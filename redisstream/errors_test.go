@@ -56,6 +56,8 @@ func TestClassify(t *testing.T) {
 		{"BUSY script", reply("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE."), false, unavailable},
 		{"NOREPLICAS", reply("NOREPLICAS Not enough good replicas to write."), false, unavailable},
 		{"max clients", reply("ERR max number of clients reached"), false, unavailable},
+		{"MOVED", reply("MOVED 3999 127.0.0.1:6381"), false, unavailable},
+		{"ASK", reply("ASK 3999 127.0.0.1:6381"), false, unavailable},
 		{"closed by us", redis.ErrClosed, true, closed},
 		{"closed node client of a cluster", redis.ErrClosed, false, unavailable},
 		{"BUSYGROUP", reply("BUSYGROUP Consumer Group name already exists"), false, asIs},

@@ -24,6 +24,16 @@ import (
 // list unseen while the second one's were delivered: an outage would
 // reorder keys without a trace. After an error the reader makes a new
 // connection for the next command.
+//
+// On a Redis Cluster, a failed command has the next connection made to
+// the slot's primary by a freshly loaded layout (after a failover or a
+// slot migration the client's may be stale, and a redirection met on a
+// node's own connection does not refresh it), or to the node a MOVED
+// reply named if the layout knows it (a node that has just restarted may
+// still describe the old layout). An ASK redirection (the slot is being
+// migrated, the stream is on the importing node already) has the reader
+// connect to the node named and send ASKING before each command, for up
+// to askHold, after which it asks the slot's owner again.
 type reader struct {
 	client redis.UniversalClient
 	key    string // a stream key, to find the Cluster node
@@ -31,14 +41,28 @@ type reader struct {
 	node *redis.Client // the server the connection is on; nil: no dedicated connection
 	conn *redis.Conn
 	id   int64
+
+	reload   bool      // Cluster: reload the layout before connecting
+	to       string    // Cluster: the node the last redirection named ("": none)
+	ask      bool      // to is an ASK redirection: send ASKING before each command
+	askUntil time.Time // when to stop following an ASK
 }
+
+// askHold is how long a reader follows an ASK redirection.
+const askHold = 5 * time.Second
 
 // cmd returns the connection to run a command on, connecting if needed.
 // For a client type it does not know (neither a *redis.Client, which
 // covers Sentinel failover, nor a *redis.ClusterClient) it returns the
 // client itself, whose retries the guarantee above does not cover.
 func (r *reader) cmd(ctx context.Context) (redis.Cmdable, error) {
+	if r.ask && !time.Now().Before(r.askUntil) {
+		r.to, r.ask = "", false
+	}
 	if r.conn != nil {
+		if err := r.asking(ctx); err != nil {
+			return nil, err
+		}
 		return r.conn, nil
 	}
 	var node *redis.Client
@@ -46,11 +70,23 @@ func (r *reader) cmd(ctx context.Context) (redis.Cmdable, error) {
 	case *redis.Client:
 		node = cl
 	case *redis.ClusterClient:
-		n, err := cl.MasterForKey(ctx, r.key)
-		if err != nil {
-			return nil, err
+		if r.reload || r.to != "" {
+			nodes, err := clusterNodes(ctx, cl)
+			if err != nil {
+				return nil, err
+			}
+			r.reload = false
+			if node = nodes[r.to]; node == nil || !r.ask {
+				r.to, r.ask = "", false // a MOVED is followed once
+			}
 		}
-		node = n
+		if node == nil {
+			n, err := cl.MasterForKey(ctx, r.key)
+			if err != nil {
+				return nil, err
+			}
+			node = n
+		}
 	default:
 		return r.client, nil
 	}
@@ -61,16 +97,45 @@ func (r *reader) cmd(ctx context.Context) (redis.Cmdable, error) {
 		return nil, err
 	}
 	r.node, r.conn, r.id = node, conn, id
+	if err := r.asking(ctx); err != nil {
+		return nil, err
+	}
 	return conn, nil
+}
+
+// asking sends ASKING on the connection while an ASK redirection is
+// followed, so that the next command runs on the importing node.
+func (r *reader) asking(ctx context.Context) error {
+	if !r.ask {
+		return nil
+	}
+	err := r.conn.Do(ctx, "asking").Err()
+	r.done(err)
+	return err
 }
 
 // done takes note of a command's result: after an error other than a
 // reply of Redis's about the command (no entries, no group), the next
 // command gets a new connection (this one may be broken, or on a server
-// that no longer holds the stream).
+// that no longer holds the stream), on the node of the slot by a reloaded
+// Cluster layout.
 func (r *reader) done(err error) {
-	if err != nil && !errors.Is(err, redis.Nil) && !isNoGroup(err) {
-		r.close()
+	if err == nil || errors.Is(err, redis.Nil) || isNoGroup(err) {
+		return
+	}
+	from := ""
+	if r.node != nil {
+		from = r.node.Options().Addr
+	}
+	r.close()
+	if _, ok := r.client.(*redis.ClusterClient); ok {
+		r.reload, r.to, r.ask = true, "", false
+		if red, ok := redirection(err, from); ok {
+			r.to, r.ask = red.addr, red.ask
+			if red.ask {
+				r.askUntil = time.Now().Add(askHold)
+			}
+		}
 	}
 }
 

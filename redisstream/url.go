@@ -176,6 +176,10 @@ func parseURL(u *url.URL) (clientSpec, Config, error) {
 		cfg.Shards = n
 		return nil
 	})
+	hasWait := p.Int("wait_replicas", &cfg.WaitReplicas, 0)
+	if p.Duration("wait_timeout", &cfg.WaitTimeout, time.Millisecond) && !hasWait {
+		p.Fail(errors.New("parameter wait_timeout needs wait_replicas"))
+	}
 	start := "earliest"
 	p.Enum("start", &start, "earliest", "latest")
 	cfg.StartLatest = start == "latest"

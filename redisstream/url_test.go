@@ -51,6 +51,16 @@ func TestParseURL(t *testing.T) {
 				t.Errorf("config = %+v, want %+v", c, want)
 			}
 		}},
+		{"redis://h?wait_replicas=2&wait_timeout=250ms", func(t *testing.T, s clientSpec, c Config) {
+			if c.WaitReplicas != 2 || c.WaitTimeout != 250*time.Millisecond {
+				t.Errorf("WaitReplicas %d, WaitTimeout %v", c.WaitReplicas, c.WaitTimeout)
+			}
+		}},
+		{"redis+cluster://a,b?wait_replicas=1", func(t *testing.T, s clientSpec, c Config) {
+			if c.WaitReplicas != 1 || c.WaitTimeout != 0 {
+				t.Errorf("WaitReplicas %d, WaitTimeout %v (the default is set by NewConn)", c.WaitReplicas, c.WaitTimeout)
+			}
+		}},
 		{"redis://h?max_age=24h", func(t *testing.T, s clientSpec, c Config) {
 			if c.MaxAge != 24*time.Hour {
 				t.Errorf("MaxAge = %v", c.MaxAge)
@@ -119,6 +129,10 @@ func TestParseURLErrors(t *testing.T) {
 		{"redis://u:" + secret + "@h?shards=0", "shards"},
 		{"redis://u:" + secret + "@h?shards=5000", "shards"},
 		{"redis://u:" + secret + "@h?start=middle", "start"},
+		{"redis://u:" + secret + "@h?wait_replicas=-1", "wait_replicas"},
+		{"redis://u:" + secret + "@h?wait_replicas=one", "wait_replicas"},
+		{"redis://u:" + secret + "@h?wait_replicas=1&wait_timeout=soon", "wait_timeout"},
+		{"redis://u:" + secret + "@h?wait_timeout=1s", "needs wait_replicas"},
 		{"redis://u:" + secret + "@h?claim_idle=1s&claim_idle=2s", "2 times"},
 		{"redis://u:" + secret + "@h?password=" + secret, "password"},
 		{"redis://u:" + secret + "@h?addr=h2:6379", "addr"},
