@@ -38,7 +38,10 @@ var redisSettings = []struct {
 // rejoins as a replica); then the slot is moved to another primary
 // (CLUSTER SETSLOT IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE) while
 // messages are produced and consumed, the slot left half-moved for a
-// second so that clients meet ASK redirections.
+// second so that clients meet ASK redirections; then the slot's primary is
+// paused past cluster-node-timeout (its replica is promoted while it still
+// believes it is the primary) and unpaused; last, another node is stopped
+// and started.
 func TestRedisClusterFaults(t *testing.T) {
 	c := testbed.RedisClusterHA(t)
 	checkScheduleReplicated(t, c.URL)
@@ -68,6 +71,48 @@ func TestRedisClusterFaults(t *testing.T) {
 			w.fault(t, "move the slot to another primary", func(ctx context.Context) error {
 				return moveSlot(ctx, t, c, topic)
 			})
+			w.fault(t, "pause the slot's primary 8s", func(ctx context.Context) error {
+				primary, err := slotPrimary(ctx, c, topic, nil)
+				if err != nil {
+					return err
+				}
+				n := c.Node(primary)
+				if err := n.Pause(ctx); err != nil {
+					return err
+				}
+				// Frozen past cluster-node-timeout (2 s): its replica takes
+				// over while it still believes it is the primary.
+				promoted, err := slotPrimary(ctx, c, topic, n)
+				if err != nil {
+					return err
+				}
+				time.Sleep(8 * time.Second)
+				t.Logf("slot of %q: primary %s paused, replica %s promoted", topic, primary, promoted)
+				if err := n.Unpause(ctx); err != nil {
+					return err
+				}
+				return testbed.WaitRedisHA(ctx, c)
+			})
+			w.fault(t, "stop another node, start it", func(ctx context.Context) error {
+				primary, err := slotPrimary(ctx, c, topic, nil)
+				if err != nil {
+					return err
+				}
+				for _, n := range c.Nodes {
+					if n.Addr == primary {
+						continue
+					}
+					t.Logf("stopping %s (the slot's primary is %s)", n.Addr, primary)
+					if err := n.Stop(ctx); err != nil {
+						return err
+					}
+					if err := n.Start(ctx); err != nil {
+						return err
+					}
+					return testbed.WaitRedisHA(ctx, c)
+				}
+				return errors.New("no node besides the slot's primary")
+			})
 			w.finish(t, "redis-cluster", s.name, s.safe)
 		})
 	}
@@ -77,7 +122,9 @@ func TestRedisClusterFaults(t *testing.T) {
 // under steady load, once per setting of redisSettings: a graceful
 // SENTINEL FAILOVER, then a SIGKILL of the primary (the sentinels promote
 // the replica after down-after-milliseconds, 2 s) and a start of the
-// killed node, which the sentinels turn into a replica.
+// killed node, which the sentinels turn into a replica, then a pause of
+// the primary past down-after-milliseconds and its unpause (demoted once
+// the sentinels see it again).
 func TestRedisSentinelFaults(t *testing.T) {
 	c := testbed.RedisSentinelHA(t)
 	checkScheduleReplicated(t, c.URL)
@@ -117,6 +164,29 @@ func TestRedisSentinelFaults(t *testing.T) {
 				}
 				t.Logf("primary %s killed, %s promoted", old, now)
 				if err := n.Start(ctx); err != nil {
+					return err
+				}
+				return testbed.WaitRedisHA(ctx, c)
+			})
+			w.fault(t, "pause the primary 8s", func(ctx context.Context) error {
+				old, err := sentinelPrimary(ctx, c, "")
+				if err != nil {
+					return err
+				}
+				n := c.Node(old)
+				if err := n.Pause(ctx); err != nil {
+					return err
+				}
+				// Frozen past down-after-milliseconds (2 s): the sentinels
+				// promote the replica, and demote the old primary once it
+				// answers again.
+				now, err := sentinelPrimary(ctx, c, old)
+				if err != nil {
+					return err
+				}
+				time.Sleep(8 * time.Second)
+				t.Logf("primary %s paused, %s promoted", old, now)
+				if err := n.Unpause(ctx); err != nil {
 					return err
 				}
 				return testbed.WaitRedisHA(ctx, c)
