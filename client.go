@@ -383,11 +383,7 @@ func parseURL(rawURL string) (*url.URL, error) {
 		}
 	}
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the whole URL, password included
-		}
-		return nil, fmt.Errorf("%w %q: %v", ErrInvalidURL, RedactURL(rawURL), err)
+		return nil, fmt.Errorf("%w %q: %s", ErrInvalidURL, RedactURL(rawURL), URLParseError(rawURL, err))
 	}
 	if u.Scheme == "" {
 		return nil, fmt.Errorf("%w %q: no scheme (want e.g. mem://, kafka://, amqp://, redis://)", ErrInvalidURL, displayURL(u))
@@ -411,6 +407,11 @@ func parseHostList(rawURL string) *url.URL {
 	if at := strings.LastIndex(rawURL[start:end], "@"); at >= 0 {
 		start += at + 1
 	}
+	if strings.Contains(rawURL[end:], "@") {
+		// The user information holds '/', '?' or '#': not a host list,
+		// and the "hosts" cut here would be a piece of the password.
+		return nil
+	}
 	hosts := rawURL[start:end]
 	if !strings.Contains(hosts, ",") {
 		return nil
@@ -421,6 +422,38 @@ func parseHostList(rawURL string) *url.URL {
 	}
 	u.Host = hosts
 	return u
+}
+
+// URLParseError says what is wrong with rawURL, which url.Parse refused
+// with err, without repeating any of its user information: url.Parse's
+// own messages quote the part they stumbled on, which in a URL with an
+// unencoded '/', '?', '#' or '@' in its password is a piece of the
+// password. Backends use it for their own URL errors.
+func URLParseError(rawURL string, err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err // url.Error repeats the whole URL
+	}
+	msg := err.Error()
+	// What could be user information: from "://" to the last '@'.
+	if i, at := strings.Index(rawURL, "://"), strings.LastIndex(rawURL, "@"); i >= 0 && at > i {
+		secret := rawURL[i+len("://") : at]
+		if q := strings.Index(msg, `"`); q >= 0 && sharesText(msg[q:], secret) {
+			return "malformed URL (percent-encode '/', '?', '#', '@', ',' and ':' in the user name and password)"
+		}
+	}
+	return "malformed URL: " + msg
+}
+
+// sharesText reports whether quoted (the quoted part of an error) and
+// secret have three characters in a row in common.
+func sharesText(quoted, secret string) bool {
+	for i := 0; i+3 <= len(quoted); i++ {
+		if strings.Contains(secret, quoted[i:i+3]) {
+			return true
+		}
+	}
+	return false
 }
 
 // RedactURL returns rawURL with the password of its user information

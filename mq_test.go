@@ -276,3 +276,26 @@ func (c *optsConn) Subscribe(ctx context.Context, topic, group string, o mq.Subs
 	c.got = o
 	return c.greedyConn.Subscribe(ctx, topic, group, o)
 }
+
+// TestOpenHidesPasswordPieces: url.Parse quotes the part of a URL it
+// stumbles on, which with an unencoded '/', '?' or ',' in the password is a
+// piece of it; Open shows none, and does not read such a password as a
+// host list.
+func TestOpenHidesPasswordPieces(t *testing.T) {
+	for raw, pieces := range map[string][]string{
+		"redis://user:ab,cd/ef@127.0.0.1:1/":  {"ab,cd", "cd/ef", ",cd"},
+		"kafka://u:s3cret/x@h1,h2/":           {"s3cret", "cret/x"},
+		"amqp://u:pa?ss,word@h1:5672,h2:5672": {"pa?ss", "ss,wo"},
+	} {
+		_, err := mq.Open(context.Background(), raw)
+		if !errors.Is(err, mq.ErrInvalidURL) {
+			t.Errorf("Open(%q) = %v, want mq.ErrInvalidURL", raw, err)
+			continue
+		}
+		for _, p := range pieces {
+			if strings.Contains(err.Error(), p) {
+				t.Errorf("Open(%q): error %q shows %q of the password", raw, err, p)
+			}
+		}
+	}
+}

@@ -98,10 +98,10 @@ func TestRequestTimeout(t *testing.T) {
 		query string
 		want  time.Duration
 	}{
-		{"", 20 * time.Second},
+		{"", 24 * time.Second}, // 15s drain + 10s/3 heartbeat + 5s, rounded up
 		{"session_timeout=6s&drain_timeout=5s", 15 * time.Second},
 		{"session_timeout=30s", 35 * time.Second},
-		{"drain_timeout=1m", 65 * time.Second},
+		{"drain_timeout=1m", 69 * time.Second},
 		{"request_timeout=7s", 7 * time.Second},
 	} {
 		u, err := url.Parse("kafka://k1/?" + tc.query)

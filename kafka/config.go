@@ -122,9 +122,10 @@ type Config struct {
 	// process, a partitioned machine) costs before the producer and
 	// consumers retry on the partitions' new leaders. Default: 5s more
 	// than the longest wait a healthy broker may take to answer: the
-	// producer's acks timeout (10s), SessionTimeout and DrainTimeout (a
-	// JoinGroup waits for the slowest member to rejoin), so 20s with the
-	// defaults. A shorter one makes slow but healthy answers count as
+	// producer's acks timeout (10s), SessionTimeout, and DrainTimeout plus
+	// a heartbeat interval (a JoinGroup waits for the slowest member to
+	// hear of the rebalance and rejoin), rounded up to the second, so 24s
+	// with the defaults. A shorter one makes slow but healthy answers count as
 	// failures (the idempotent producer retries them without duplicates;
 	// group joins fail and are retried).
 	RequestTimeout time.Duration
@@ -185,7 +186,7 @@ func (c Config) clientID() string {
 //	session_timeout=10s       Config.SessionTimeout
 //	commit_interval=200ms     Config.CommitInterval
 //	dial_timeout=10s          Config.DialTimeout
-//	request_timeout=20s       Config.RequestTimeout
+//	request_timeout=30s       Config.RequestTimeout
 //	tls=true                  use TLS (implied by any tls_* parameter)
 //	tls_ca=FILE               PEM file of CAs to trust
 //	tls_cert=FILE, tls_key=FILE  client certificate
@@ -389,7 +390,11 @@ func (c Config) requestTimeout() time.Duration {
 	if c.RequestTimeout > 0 {
 		return c.RequestTimeout
 	}
-	return max(producerTimeout, c.sessionTimeout(), c.drainTimeout()) + 5*time.Second
+	// A JoinGroup is answered once every member rejoined: up to a
+	// heartbeat interval (a third of the session) for them to hear of the
+	// rebalance, plus the drain of their partitions.
+	d := max(producerTimeout, c.sessionTimeout(), c.drainTimeout()+c.sessionTimeout()/3) + 5*time.Second
+	return (d + time.Second - 1).Truncate(time.Second) // whole seconds, rounded up
 }
 
 func (c Config) maxMessageBytes() int {

@@ -236,7 +236,7 @@
 // broker.session.timeout.ms (9 s by default); a broker stopped cleanly
 // hands them over at once (controlled shutdown). A hung broker (a frozen
 // process, a partitioned machine) is fenced the same way, but this client
-// gives up a connection to it only after Config.RequestTimeout (20 s by
+// gives up a connection to it only after Config.RequestTimeout (24 s by
 // default), and more than once when its metadata or coordinator lookups
 // land on the hung broker too. A hung group coordinator also costs
 // duplicates: the offsets a member commits while it hangs are lost when
@@ -474,6 +474,9 @@ func (c *Conn) topicExists(topic string) (bool, error) {
 func (c *Conn) CreateTopic(ctx context.Context, topic string, partitions int32, replication int16) error {
 	if (partitions <= 0 || replication <= 0) && !c.sc.Version.IsAtLeast(sarama.V2_4_0_0) {
 		return fmt.Errorf("kafka: create topic %q: the broker's default partitions and replication need protocol version 2.4 or later (version=%s): set partitions= and replication=", topic, c.sc.Version)
+	}
+	if m := c.cfg.MinInsyncReplicas; replication > 0 && m > int(replication) {
+		return fmt.Errorf("kafka: create topic %q: min_insync_replicas=%d is more than its replication factor %d: every write would be refused", topic, m, replication)
 	}
 	admin, err := c.adminClient()
 	if err != nil {

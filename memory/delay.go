@@ -24,6 +24,7 @@ type scheduler struct {
 
 	mu      sync.Mutex
 	items   delayHeap
+	moving  []*delayed // taken off items, not yet in the topic (waiting for room)
 	started bool
 	wake    chan struct{} // buffered(1): an earlier item was added
 	done    chan struct{} // closed when the mover returns
@@ -111,12 +112,20 @@ func (c *conn) Scheduled(_ context.Context, topicName string) (mq.ScheduleStats,
 	if closed {
 		return mq.ScheduleStats{}, mq.ErrClosed
 	}
-	s := c.b.sched(topicName)
+	c.b.mu.Lock()
+	s := c.b.schedulers[topicName] // asking makes none
+	c.b.mu.Unlock()
+	var st mq.ScheduleStats
+	if s == nil {
+		return st, nil
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var st mq.ScheduleStats
-	if len(s.items) > 0 {
-		st.Waiting = int64(len(s.items))
+	st.Waiting = int64(len(s.items) + len(s.moving))
+	switch {
+	case len(s.moving) > 0:
+		st.NextDue = s.moving[0].due // due already, ahead of the heap
+	case len(s.items) > 0:
 		st.NextDue = s.items[0].due
 	}
 	return st, nil
@@ -150,6 +159,7 @@ func (s *scheduler) run() {
 		for len(s.items) > 0 && !s.items[0].due.After(now) && len(batch) < 1024 {
 			batch = append(batch, heap.Pop(&s.items).(*delayed))
 		}
+		s.moving = batch
 		wait := time.Hour
 		if len(s.items) > 0 {
 			wait = time.Until(s.items[0].due)
@@ -193,6 +203,9 @@ func (s *scheduler) move(batch []*delayed) bool {
 			}
 			es = es[n:]
 		}
+		s.mu.Lock()
+		s.moving = s.moving[1:]
+		s.mu.Unlock()
 	}
 	return true
 }

@@ -273,7 +273,10 @@ func TestDelayedFullTopicHoldsOnlyItself(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Waiting != 0 {
-		t.Errorf("full topic: %d still scheduled, want 0 (its mover holds the due message, waiting for room)", st.Waiting)
+	if st.Waiting != 1 || st.NextDue.IsZero() {
+		t.Errorf("full topic: %+v, want 1 waiting with its due time (its mover holds it, waiting for room)", st)
+	}
+	if st, err := c.Scheduled(context.Background(), "never-used"); err != nil || st.Waiting != 0 {
+		t.Errorf("Scheduled of a topic without delayed messages = %+v, %v", st, err)
 	}
 }

@@ -1,7 +1,6 @@
 package rabbit
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -183,11 +182,7 @@ func ParseURL(rawURL string) (Config, error) {
 		if lu := parseHostList(rawURL); lu != nil {
 			return configFromURL(lu) // an IPv6 literal in a host list
 		}
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the URL, password included
-		}
-		return Config{}, fmt.Errorf("%w %q: %v", mq.ErrInvalidURL, mq.RedactURL(rawURL), err)
+		return Config{}, fmt.Errorf("%w %q: %s", mq.ErrInvalidURL, mq.RedactURL(rawURL), mq.URLParseError(rawURL, err))
 	}
 	return configFromURL(u)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -486,6 +487,13 @@ func (l *link) dialURL(ctx context.Context, rawURL string, limit time.Duration) 
 			defer cancel()
 			nc, err := d.DialContext(dctx, network, addr)
 			if err != nil {
+				if dctx.Err() != nil && ctx.Err() == nil {
+					// This broker's share of the time ran out, not the
+					// caller's: a broker that does not answer (dropped
+					// packets, a hung node) is an outage, and the error
+					// must not read as the caller's deadline.
+					return nil, fmt.Errorf("dial %s: no answer within %v: %w", addr, timeout, os.ErrDeadlineExceeded)
+				}
 				return nil, err
 			}
 			// The handshake is bounded by the timeout and by ctx.

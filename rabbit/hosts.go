@@ -36,7 +36,9 @@ const minHostShare = time.Second
 // and user information), its comma-separated hosts, and what follows them
 // (path, query, fragment). ok is false for a URL without "://". It
 // delimits the authority as url.Parse does: up to the first '/', '?' or
-// '#', user information up to its last '@'.
+// '#', user information up to its last '@'; ok is false too when an '@'
+// follows the authority (user information with an unencoded '/', '?' or
+// '#', which url.Parse rejects).
 func splitHosts(raw string) (prefix string, hosts []string, suffix string, ok bool) {
 	i := strings.Index(raw, "://")
 	if i < 0 {
@@ -46,6 +48,11 @@ func splitHosts(raw string) (prefix string, hosts []string, suffix string, ok bo
 	end := len(raw)
 	if j := strings.IndexAny(raw[start:], "/?#"); j >= 0 {
 		end = start + j
+	}
+	if strings.Contains(raw[end:], "@") {
+		// The user information holds '/', '?' or '#': what this would
+		// cut as hosts is a piece of the password.
+		return "", nil, "", false
 	}
 	if at := strings.LastIndex(raw[start:end], "@"); at >= 0 {
 		start += at + 1
@@ -107,11 +114,7 @@ func (cfg *Config) endpoints() ([]endpoint, error) {
 func checkAMQPURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // url.Error repeats the URL, password included
-		}
-		return fmt.Errorf("%w %q: malformed URL: %v", mq.ErrInvalidURL, mq.RedactURL(raw), err)
+		return fmt.Errorf("%w %q: %s", mq.ErrInvalidURL, mq.RedactURL(raw), mq.URLParseError(raw, err))
 	}
 	if _, err := amqp.ParseURI(raw); err != nil {
 		// amqp091's messages name parameters and rules, not the URL.

@@ -245,3 +245,33 @@ func TestOpenHostList(t *testing.T) {
 		t.Errorf("error %q contains the password", err)
 	}
 }
+
+// A password with ',' and an unencoded '/' is not cut into a "host list"
+// and is never shown, whole or in part, by mq.Open, ParseURL or Dial.
+func TestURLErrorsHidePasswordPieces(t *testing.T) {
+	for _, raw := range []string{
+		"amqp://user:ab,cd/ef@127.0.0.1:1/",
+		"amqp://u:s3cret/x@h1/",
+		"amqp://u:se,cr?et@h1,h2/",
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, openErr := mq.Open(ctx, raw)
+		cancel()
+		_, parseErr := rabbit.ParseURL(raw)
+		_, dialErr := rabbit.Dial(context.Background(), rabbit.Config{URL: raw})
+		for name, err := range map[string]error{"Open": openErr, "ParseURL": parseErr, "Dial": dialErr} {
+			if err == nil {
+				t.Errorf("%s(%q) = nil, want an error", name, raw)
+				continue
+			}
+			if !errors.Is(err, mq.ErrInvalidURL) {
+				t.Errorf("%s(%q) = %v, want mq.ErrInvalidURL", name, raw, err)
+			}
+			for _, piece := range []string{"cd/ef", "ab,cd", "s3cret", "se,cr", "cr?et"} {
+				if strings.Contains(err.Error(), piece) {
+					t.Errorf("%s(%q): error %q shows %q of the password", name, raw, err, piece)
+				}
+			}
+		}
+	}
+}

@@ -38,6 +38,7 @@ func TestUnavailable(t *testing.T) {
 		{"connection reset", &net.OpError{Op: "read", Err: os.NewSyscallError("read", syscall.ECONNRESET)}, true},
 		{"dial timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, true},
 		{"deadline of a socket", os.ErrDeadlineExceeded, true},
+		{"a broker's share of the dial time", fmt.Errorf("dial 127.0.2.1:5672: no answer within 5s: %w", os.ErrDeadlineExceeded), true},
 		{"unknown host", &net.DNSError{Err: "no such host", Name: "rabbit", IsNotFound: true}, true},
 		{"EOF in the handshake", fmt.Errorf("handshake: %w", io.EOF), true},
 		{"unexpected EOF", io.ErrUnexpectedEOF, true},

@@ -202,8 +202,11 @@ func (c *Conn) Schedule(ctx context.Context, topic string, msgs []*mq.Message) e
 		var err error
 		if c.cfg.WaitReplicas > 0 {
 			err = c.execReplicated(ctx, keys.schedule, queue)
-		} else if _, err = c.client.TxPipelined(ctx, queue); err != nil {
-			err = c.mapErr(err)
+		} else {
+			cmds, terr := c.client.TxPipelined(ctx, queue)
+			if terr = txCause(cmds, terr); terr != nil {
+				err = c.mapErr(terr)
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("redisstream: scheduling on %q failed (%d messages scheduled before this batch): %w", topic, start, err)

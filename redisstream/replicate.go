@@ -315,6 +315,7 @@ func (c *Conn) execReplicated(ctx context.Context, key string, queue func(redis.
 			}
 		}
 		cmds, err := conn.TxPipelined(ctx, queue)
+		err = txCause(cmds, err)
 		if err != nil {
 			_ = conn.Close()
 			if r, ok := redirectIn(cmds, err, node.Options().Addr); ok && round < maxRedirects {
@@ -329,6 +330,22 @@ func (c *Conn) execReplicated(ctx context.Context, key string, queue func(redis.
 		_ = conn.Close()
 		return c.checkWait(n, err, "the transaction")
 	}
+}
+
+// txCause returns the error of a transaction: for an EXECABORT (Redis
+// refused to queue a command: READONLY on a demoted primary, CLUSTERDOWN,
+// TRYAGAIN, a redirection) the refusal of the first command, which tells
+// an outage from a mistake, else err itself.
+func txCause(cmds []redis.Cmder, err error) error {
+	if err == nil || !strings.HasPrefix(err.Error(), "EXECABORT") {
+		return err
+	}
+	for _, cmd := range cmds {
+		if cerr := cmd.Err(); cerr != nil && !strings.HasPrefix(cerr.Error(), "EXECABORT") {
+			return fmt.Errorf("%w (the transaction was aborted: %v)", cerr, err)
+		}
+	}
+	return err
 }
 
 // redirectIn returns the redirection among a transaction's errors.

@@ -311,8 +311,9 @@ type Row struct {
 
 // Finish stops producing, waits until every confirmed message was handled
 // (or Drain passes), stops consuming and reports one row per fault. With
-// expectNoLoss a lost message fails the test; without it (a setting
-// documented as unsafe) the loss is reported, not hidden.
+// expectNoLoss a lost message or a key-order violation fails the test;
+// without it (a setting documented as unsafe) they are reported, not
+// hidden.
 func (w *Load) Finish(t *testing.T, broker, setting string, expectNoLoss bool) []Row {
 	t.Helper()
 	w.stopProduce()
@@ -367,8 +368,15 @@ func (w *Load) Finish(t *testing.T, broker, setting string, expectNoLoss bool) [
 			r.Broker, r.Setting, r.Fault, r.Confirmed, r.Handled, r.Lost, r.Duplicates, r.ProduceStall.Seconds(), r.ConsumeStall.Seconds(), r.OrderViolations, r.ProduceErrors)
 	}
 	report(t, w.opts.Report, rows)
+	violations := 0
+	for _, r := range rows {
+		violations += r.OrderViolations
+	}
 	if expectNoLoss && lost > 0 {
 		t.Errorf("%s (%s): %d confirmed messages were never handled; this setting is documented as safe", broker, setting, lost)
+	}
+	if expectNoLoss && violations > 0 {
+		t.Errorf("%s (%s): %d messages were handled after a later message of their key; per-key order is part of the contract", broker, setting, violations)
 	}
 	return rows
 }
