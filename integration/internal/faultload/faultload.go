@@ -39,6 +39,11 @@ type Options struct {
 	Resume       time.Duration // how long a fault may stall producing or consuming (2 min)
 	Drain        time.Duration // how long Finish waits for every confirmed message (2 min)
 	Report       string        // table name in MQ_REPORT_DIR: Report + ".md" ("faults")
+	// OrderReported makes key-order violations a reported figure instead
+	// of a failure even where no loss is allowed: for a broker that, after
+	// a failover, redelivers a lost consumer's messages out of order,
+	// which the SDK cannot undo (a documented limit).
+	OrderReported bool
 }
 
 func (o *Options) defaults() {
@@ -375,7 +380,7 @@ func (w *Load) Finish(t *testing.T, broker, setting string, expectNoLoss bool) [
 	if expectNoLoss && lost > 0 {
 		t.Errorf("%s (%s): %d confirmed messages were never handled; this setting is documented as safe", broker, setting, lost)
 	}
-	if expectNoLoss && violations > 0 {
+	if expectNoLoss && violations > 0 && !w.opts.OrderReported {
 		t.Errorf("%s (%s): %d messages were handled after a later message of their key; per-key order is part of the contract", broker, setting, violations)
 	}
 	return rows
