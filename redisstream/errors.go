@@ -23,6 +23,11 @@ import (
 // a topology change: a transient failure.
 func (c *Conn) mapErr(err error) error {
 	_, cluster := c.client.(*redis.ClusterClient)
+	if !cluster && (redis.HasErrorPrefix(err, "MOVED ") || redis.HasErrorPrefix(err, "ASK ")) {
+		// Not an outage: a redis:// (or Sentinel) URL names a node of a
+		// Redis Cluster, which will redirect every time.
+		return fmt.Errorf("%w (the server is a Redis Cluster node: use a %s:// URL)", err, SchemeCluster)
+	}
 	return classify(err, c.isClosed() || !cluster)
 }
 

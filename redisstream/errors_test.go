@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -195,5 +196,25 @@ func TestProduceUnavailable(t *testing.T) {
 	_ = c.Close()
 	if err := conn.Send(ctx, topic, []*mq.Message{{ID: "2", Body: []byte("x")}}); !errors.Is(err, mq.ErrClosed) {
 		t.Errorf("Send after Close = %v, want mq.ErrClosed", err)
+	}
+}
+
+// TestMapErrRedirectOnPlainClient: a MOVED or ASK reply to a client that
+// does not follow them (a redis:// URL naming a Cluster node) is a
+// mistake to fix, not an outage to wait out; through a Cluster client it
+// is a moving slot, so an outage.
+func TestMapErrRedirectOnPlainClient(t *testing.T) {
+	plain := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	defer plain.Close()
+	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}})
+	defer cluster.Close()
+	for _, r := range []error{reply("MOVED 3999 127.0.0.1:6381"), reply("ASK 3999 127.0.0.1:6381")} {
+		got := (&Conn{client: plain}).mapErr(r)
+		if errors.Is(got, mq.ErrUnavailable) || !errors.Is(got, r) || !strings.Contains(got.Error(), SchemeCluster+"://") {
+			t.Errorf("plain client: mapErr(%v) = %v, want the reply, not unavailable, pointing at %s://", r, got, SchemeCluster)
+		}
+		if got := (&Conn{client: cluster}).mapErr(r); !errors.Is(got, mq.ErrUnavailable) {
+			t.Errorf("cluster client: mapErr(%v) = %v, want mq.ErrUnavailable", r, got)
+		}
 	}
 }
