@@ -378,7 +378,7 @@ func parseURL(rawURL string) (*url.URL, error) {
 	if err != nil {
 		// A host list with an IPv6 literal (amqp://h1:5672,[::1]:5672/):
 		// url.Parse takes one host only.
-		if lu := parseHostList(rawURL); lu != nil {
+		if lu := urlparams.ParseHostList(rawURL); lu != nil {
 			u, err = lu, nil
 		}
 	}
@@ -389,39 +389,6 @@ func parseURL(rawURL string) (*url.URL, error) {
 		return nil, fmt.Errorf("%w %q: no scheme (want e.g. mem://, kafka://, amqp://, redis://)", ErrInvalidURL, displayURL(u))
 	}
 	return u, nil
-}
-
-// parseHostList parses a URL whose host is a comma-separated list that
-// url.Parse rejects (an IPv6 literal in it): the URL with one placeholder
-// host, then the list put back as its Host (url.URL.String writes it as it
-// is; the driver splits it). It returns nil for a URL without such a list.
-func parseHostList(rawURL string) *url.URL {
-	i := strings.Index(rawURL, "://")
-	if i < 0 {
-		return nil
-	}
-	start, end := i+len("://"), len(rawURL)
-	if j := strings.IndexAny(rawURL[start:], "/?#"); j >= 0 {
-		end = start + j
-	}
-	if at := strings.LastIndex(rawURL[start:end], "@"); at >= 0 {
-		start += at + 1
-	}
-	if strings.Contains(rawURL[end:], "@") {
-		// The user information holds '/', '?' or '#': not a host list,
-		// and the "hosts" cut here would be a piece of the password.
-		return nil
-	}
-	hosts := rawURL[start:end]
-	if !strings.Contains(hosts, ",") {
-		return nil
-	}
-	u, err := url.Parse(rawURL[:start] + "mq-host-list" + rawURL[end:])
-	if err != nil || u.Host != "mq-host-list" {
-		return nil
-	}
-	u.Host = hosts
-	return u
 }
 
 // URLParseError says what is wrong with rawURL, which url.Parse refused

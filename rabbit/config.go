@@ -179,7 +179,7 @@ type Config struct {
 func ParseURL(rawURL string) (Config, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		if lu := parseHostList(rawURL); lu != nil {
+		if lu := urlparams.ParseHostList(rawURL); lu != nil {
 			return configFromURL(lu) // an IPv6 literal in a host list
 		}
 		return Config{}, fmt.Errorf("%w %q: %s", mq.ErrInvalidURL, mq.RedactURL(rawURL), mq.URLParseError(rawURL, err))

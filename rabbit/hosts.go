@@ -10,6 +10,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mqkit/mq"
+	"github.com/mqkit/mq/internal/urlparams"
 )
 
 // A URL may name several brokers, the nodes of a cluster, separated by
@@ -32,56 +33,11 @@ const multiHostTimeout = 5 * time.Second
 // a list gets (see link.dial).
 const minHostShare = time.Second
 
-// splitHosts cuts a URL into what comes before its hosts (scheme://
-// and user information), its comma-separated hosts, and what follows them
-// (path, query, fragment). ok is false for a URL without "://". It
-// delimits the authority as url.Parse does: up to the first '/', '?' or
-// '#', user information up to its last '@'; ok is false too when an '@'
-// follows the authority (user information with an unencoded '/', '?' or
-// '#', which url.Parse rejects).
-func splitHosts(raw string) (prefix string, hosts []string, suffix string, ok bool) {
-	i := strings.Index(raw, "://")
-	if i < 0 {
-		return "", nil, "", false
-	}
-	start := i + len("://")
-	end := len(raw)
-	if j := strings.IndexAny(raw[start:], "/?#"); j >= 0 {
-		end = start + j
-	}
-	if strings.Contains(raw[end:], "@") {
-		// The user information holds '/', '?' or '#': what this would
-		// cut as hosts is a piece of the password.
-		return "", nil, "", false
-	}
-	if at := strings.LastIndex(raw[start:end], "@"); at >= 0 {
-		start += at + 1
-	}
-	return raw[:start], strings.Split(raw[start:end], ","), raw[end:], true
-}
-
-// parseHostList parses a URL whose host is a list that url.Parse rejects
-// (an IPv6 literal in a list): it parses the URL with one placeholder host,
-// then puts the list back as the host (url.URL.String writes it as it is).
-// It returns nil for a URL without a list.
-func parseHostList(raw string) *url.URL {
-	prefix, hosts, suffix, ok := splitHosts(raw)
-	if !ok || len(hosts) < 2 {
-		return nil
-	}
-	u, err := url.Parse(prefix + "mq-host-list" + suffix)
-	if err != nil || u.Host != "mq-host-list" {
-		return nil
-	}
-	u.Host = strings.Join(hosts, ",")
-	return u
-}
-
 // endpoints returns the brokers of cfg.URL, checking each one's URL with
 // amqp091's parser. A URL with one host gives one endpoint with cfg.URL
 // itself. Errors do not contain the password.
 func (cfg *Config) endpoints() ([]endpoint, error) {
-	prefix, hosts, suffix, ok := splitHosts(cfg.URL)
+	prefix, hosts, suffix, ok := urlparams.SplitHosts(cfg.URL)
 	if !ok || len(hosts) == 1 {
 		if err := checkAMQPURL(cfg.URL); err != nil {
 			return nil, err

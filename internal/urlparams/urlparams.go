@@ -241,3 +241,47 @@ func (q *Query) Err(scheme string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// SplitHosts cuts a URL into what comes before its hosts (scheme:// and
+// user information), its comma-separated hosts, and what follows them
+// (path, query, fragment). ok is false for a URL without "://". It
+// delimits the authority as url.Parse does: up to the first '/', '?' or
+// '#', user information up to its last '@'; ok is false too when an '@'
+// follows the authority (user information with an unencoded '/', '?' or
+// '#', which url.Parse rejects: what would be cut as hosts is a piece of
+// the password).
+func SplitHosts(raw string) (prefix string, hosts []string, suffix string, ok bool) {
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return "", nil, "", false
+	}
+	start := i + len("://")
+	end := len(raw)
+	if j := strings.IndexAny(raw[start:], "/?#"); j >= 0 {
+		end = start + j
+	}
+	if strings.Contains(raw[end:], "@") {
+		return "", nil, "", false
+	}
+	if at := strings.LastIndex(raw[start:end], "@"); at >= 0 {
+		start += at + 1
+	}
+	return raw[:start], strings.Split(raw[start:end], ","), raw[end:], true
+}
+
+// ParseHostList parses a URL whose host is a comma-separated list that
+// url.Parse rejects (an IPv6 literal in it): the URL with one placeholder
+// host, then the list put back as its Host (url.URL.String writes it as it
+// is; the driver splits it). It returns nil for a URL without such a list.
+func ParseHostList(raw string) *url.URL {
+	prefix, hosts, suffix, ok := SplitHosts(raw)
+	if !ok || len(hosts) < 2 {
+		return nil
+	}
+	u, err := url.Parse(prefix + "mq-host-list" + suffix)
+	if err != nil || u.Host != "mq-host-list" {
+		return nil
+	}
+	u.Host = strings.Join(hosts, ",")
+	return u
+}
