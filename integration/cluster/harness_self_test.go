@@ -16,11 +16,11 @@ func TestHarnessOnMemory(t *testing.T) {
 	broker := memory.NewBroker(memory.Config{})
 	t.Cleanup(func() { _ = broker.Close() })
 	w := startLoadOn(t, mq.NewClient(broker.Conn()), mq.NewClient(broker.Conn()), "orders", loadOptions{Settle: 500 * time.Millisecond})
-	w.fault(t, "nothing", func(ctx context.Context) error {
+	w.Fault(t, "nothing", func(ctx context.Context) error {
 		time.Sleep(300 * time.Millisecond)
 		return nil
 	})
-	rows := w.finish(t, "mem", "default", true)
+	rows := w.Finish(t, "mem", "default", true)
 	if len(rows) != 1 {
 		t.Fatalf("rows = %d, want 1", len(rows))
 	}

@@ -11,7 +11,6 @@
 package cluster_test
 
 import (
-	"context"
 	"testing"
 
 	"github.com/mqkit/mq"
@@ -24,43 +23,27 @@ import (
 
 func TestMain(m *testing.M) { testbed.Main(m) }
 
-// loadOptions shape the workload (faultload.Options); the report table is
-// clusters.md.
+// loadOptions shape the workload (faultload.Options).
 type loadOptions = faultload.Options
 
-// faultRow is one fault's line of the table.
-type faultRow = faultload.Row
-
-// load is the steady workload of one test.
-type load struct{ *faultload.Load }
-
 // startLoad starts producing to topic and consuming it in one group on two
-// clients of rawURL.
-func startLoad(t *testing.T, rawURL, topic string, opts loadOptions) *load {
+// clients of rawURL, its rows going to the report table clusters.md.
+func startLoad(t *testing.T, rawURL, topic string, opts loadOptions) *faultload.Load {
 	t.Helper()
-	if opts.Report == "" {
-		opts.Report = "clusters"
-	}
-	return &load{faultload.Start(t, rawURL, topic, opts)}
+	return faultload.Start(t, rawURL, topic, clustersTable(opts))
 }
 
 // startLoadOn is startLoad on clients of the caller's.
-func startLoadOn(t *testing.T, prod, cons *mq.Client, topic string, opts loadOptions) *load {
+func startLoadOn(t *testing.T, prod, cons *mq.Client, topic string, opts loadOptions) *faultload.Load {
 	t.Helper()
+	return faultload.StartOn(t, prod, cons, topic, clustersTable(opts))
+}
+
+// clustersTable sends the rows of opts to clusters.md unless they name a
+// table.
+func clustersTable(opts loadOptions) loadOptions {
 	if opts.Report == "" {
 		opts.Report = "clusters"
 	}
-	return &load{faultload.StartOn(t, prod, cons, topic, opts)}
-}
-
-// fault injects a fault with fn as a new phase (faultload.Load.Fault).
-func (w *load) fault(t *testing.T, name string, fn func(ctx context.Context) error) {
-	t.Helper()
-	w.Fault(t, name, fn)
-}
-
-// finish drains and reports (faultload.Load.Finish).
-func (w *load) finish(t *testing.T, broker, setting string, expectNoLoss bool) []faultRow {
-	t.Helper()
-	return w.Finish(t, broker, setting, expectNoLoss)
+	return opts
 }

@@ -38,7 +38,7 @@ func TestKafkaClusterFaults(t *testing.T) {
 	w := startLoad(t, url, topic, loadOptions{})
 	checkTopic(t, c, topic)
 
-	w.fault(t, "kill leader of partition 0", func(ctx context.Context) error {
+	w.Fault(t, "kill leader of partition 0", func(ctx context.Context) error {
 		leader, err := kafkaLeader(ctx, c, topic, 0, nil)
 		if err != nil {
 			return err
@@ -58,7 +58,7 @@ func TestKafkaClusterFaults(t *testing.T) {
 		return n.Start(ctx)
 	})
 
-	w.fault(t, "stop a follower, start it", func(ctx context.Context) error {
+	w.Fault(t, "stop a follower, start it", func(ctx context.Context) error {
 		leaders, err := kafkaLeaders(ctx, c, topic, nil)
 		if err != nil {
 			return err
@@ -80,7 +80,7 @@ func TestKafkaClusterFaults(t *testing.T) {
 		return follower.Start(ctx)
 	})
 
-	w.fault(t, "pause leader of partition 1 for 25s", func(ctx context.Context) error {
+	w.Fault(t, "pause leader of partition 1 for 25s", func(ctx context.Context) error {
 		leader, err := kafkaLeader(ctx, c, topic, 1, nil)
 		if err != nil {
 			return err
@@ -101,7 +101,7 @@ func TestKafkaClusterFaults(t *testing.T) {
 		return n.Unpause(ctx)
 	})
 
-	w.finish(t, "kafka 3 nodes", setting, true)
+	w.Finish(t, "kafka 3 nodes", setting, true)
 }
 
 // checkTopic fails t unless topic has 3 partitions, each with 3 replicas,

@@ -38,7 +38,7 @@ func TestRabbitMQClusterFaults(t *testing.T) {
 	w := startLoad(t, url, topic, loadOptions{OrderReported: true})
 	checkQuorumQueue(t, c, queue)
 
-	w.fault(t, "kill the queue leader, start it", func(ctx context.Context) error {
+	w.Fault(t, "kill the queue leader, start it", func(ctx context.Context) error {
 		leader, err := quorumLeader(ctx, c, queue, nil)
 		if err != nil {
 			return err
@@ -60,7 +60,7 @@ func TestRabbitMQClusterFaults(t *testing.T) {
 		return waitQueueOnline(ctx, c, queue)
 	})
 
-	w.fault(t, "stop the consumer's node, start it", func(ctx context.Context) error {
+	w.Fault(t, "stop the consumer's node, start it", func(ctx context.Context) error {
 		node, err := consumerNode(ctx, c)
 		if err != nil {
 			return err
@@ -77,7 +77,7 @@ func TestRabbitMQClusterFaults(t *testing.T) {
 		return waitQueueOnline(ctx, c, queue)
 	})
 
-	w.fault(t, "pause the consumer's node for 15s", func(ctx context.Context) error {
+	w.Fault(t, "pause the consumer's node for 15s", func(ctx context.Context) error {
 		node, err := consumerNode(ctx, c)
 		if err != nil {
 			return err
@@ -87,7 +87,7 @@ func TestRabbitMQClusterFaults(t *testing.T) {
 		return pauseNode(ctx, t, c, c.RabbitMQNode(node), queue)
 	})
 
-	w.fault(t, "pause the queue leader for 15s", func(ctx context.Context) error {
+	w.Fault(t, "pause the queue leader for 15s", func(ctx context.Context) error {
 		leader, err := quorumLeader(ctx, c, queue, nil)
 		if err != nil {
 			return err
@@ -95,7 +95,7 @@ func TestRabbitMQClusterFaults(t *testing.T) {
 		return pauseNode(ctx, t, c, c.RabbitMQNode(leader), queue)
 	})
 
-	w.finish(t, "rabbitmq 3 nodes", setting, true)
+	w.Finish(t, "rabbitmq 3 nodes", setting, true)
 }
 
 // pauseNode freezes node n for 15s, longer than net_ticktime (10s), then

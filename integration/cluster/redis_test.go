@@ -49,7 +49,7 @@ func TestRedisClusterFaults(t *testing.T) {
 		t.Run(cmp.Or(s.params, "default"), func(t *testing.T) {
 			topic := "orders-" + strconv.Itoa(i)
 			w := startLoad(t, redisURL(c.URL, s.params), topic, loadOptions{Settle: 2 * time.Second, Drain: 30 * time.Second})
-			w.fault(t, "kill the slot's primary", func(ctx context.Context) error {
+			w.Fault(t, "kill the slot's primary", func(ctx context.Context) error {
 				primary, err := slotPrimary(ctx, c, topic, nil)
 				if err != nil {
 					return err
@@ -68,10 +68,10 @@ func TestRedisClusterFaults(t *testing.T) {
 				}
 				return testbed.WaitRedisHA(ctx, c)
 			})
-			w.fault(t, "move the slot to another primary", func(ctx context.Context) error {
+			w.Fault(t, "move the slot to another primary", func(ctx context.Context) error {
 				return moveSlot(ctx, t, c, topic)
 			})
-			w.fault(t, "pause the slot's primary 8s", func(ctx context.Context) error {
+			w.Fault(t, "pause the slot's primary 8s", func(ctx context.Context) error {
 				primary, err := slotPrimary(ctx, c, topic, nil)
 				if err != nil {
 					return err
@@ -93,7 +93,7 @@ func TestRedisClusterFaults(t *testing.T) {
 				}
 				return testbed.WaitRedisHA(ctx, c)
 			})
-			w.fault(t, "stop another node, start it", func(ctx context.Context) error {
+			w.Fault(t, "stop another node, start it", func(ctx context.Context) error {
 				primary, err := slotPrimary(ctx, c, topic, nil)
 				if err != nil {
 					return err
@@ -113,7 +113,7 @@ func TestRedisClusterFaults(t *testing.T) {
 				}
 				return errors.New("no node besides the slot's primary")
 			})
-			w.finish(t, "redis-cluster", s.name, s.safe)
+			w.Finish(t, "redis-cluster", s.name, s.safe)
 		})
 	}
 }
@@ -132,7 +132,7 @@ func TestRedisSentinelFaults(t *testing.T) {
 		t.Run(cmp.Or(s.params, "default"), func(t *testing.T) {
 			topic := "orders-" + strconv.Itoa(i)
 			w := startLoad(t, redisURL(c.URL, s.params), topic, loadOptions{Settle: 2 * time.Second, Drain: 30 * time.Second})
-			w.fault(t, "SENTINEL FAILOVER", func(ctx context.Context) error {
+			w.Fault(t, "SENTINEL FAILOVER", func(ctx context.Context) error {
 				old, err := sentinelPrimary(ctx, c, "")
 				if err != nil {
 					return err
@@ -149,7 +149,7 @@ func TestRedisSentinelFaults(t *testing.T) {
 				t.Logf("failover: primary %s -> %s", old, now)
 				return testbed.WaitRedisHA(ctx, c)
 			})
-			w.fault(t, "kill the primary", func(ctx context.Context) error {
+			w.Fault(t, "kill the primary", func(ctx context.Context) error {
 				old, err := sentinelPrimary(ctx, c, "")
 				if err != nil {
 					return err
@@ -168,7 +168,7 @@ func TestRedisSentinelFaults(t *testing.T) {
 				}
 				return testbed.WaitRedisHA(ctx, c)
 			})
-			w.fault(t, "pause the primary 8s", func(ctx context.Context) error {
+			w.Fault(t, "pause the primary 8s", func(ctx context.Context) error {
 				old, err := sentinelPrimary(ctx, c, "")
 				if err != nil {
 					return err
@@ -191,7 +191,7 @@ func TestRedisSentinelFaults(t *testing.T) {
 				}
 				return testbed.WaitRedisHA(ctx, c)
 			})
-			w.finish(t, "redis-sentinel", s.name, s.safe)
+			w.Finish(t, "redis-sentinel", s.name, s.safe)
 		})
 	}
 }
