@@ -59,14 +59,7 @@ func withParams(t testing.TB, raw string, params url.Values) string {
 
 func open(t testing.TB, rawURL string) *mq.Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	c, err := mq.Open(ctx, rawURL)
-	if err != nil {
-		t.Fatalf("open %s: %v", mq.RedactURL(rawURL), err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return faultload.Open(t, rawURL)
 }
 
 // ledger counts messages by ID on both sides.

@@ -115,7 +115,7 @@ type Load struct {
 // close when the test ends.
 func Start(t *testing.T, rawURL, topic string, opts Options) *Load {
 	t.Helper()
-	return StartOn(t, open(t, rawURL), open(t, rawURL), topic, opts)
+	return StartOn(t, Open(t, rawURL), Open(t, rawURL), topic, opts)
 }
 
 // StartOn is Start on clients of the caller's.
@@ -152,7 +152,9 @@ func StartOn(t *testing.T, prod, cons *mq.Client, topic string, opts Options) *L
 	return w
 }
 
-func open(t *testing.T, rawURL string) *mq.Client {
+// Open opens a client of rawURL for a test, bounded by a minute, failing
+// t (the URL redacted) if it cannot, and closes it when the test ends.
+func Open(t testing.TB, rawURL string) *mq.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
