@@ -91,17 +91,9 @@ func clusterStart(t testing.TB, kind Kind, start func(ctx context.Context) (*Clu
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	c, err := start(ctx)
-	if err != nil {
-		fail(t, kind, err)
-		return nil // not reached
+	if !keep(t, kind, string(kind)+" cluster", c, err) {
+		return nil
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if err := c.Terminate(ctx); err != nil {
-			t.Logf("testbed: terminate %s cluster: %v", kind, err)
-		}
-	})
 	t.Logf("testbed: %s cluster of %d nodes ready at %s in %.1fs", kind, len(c.Nodes)+len(c.Sentinels), withoutPassword(c.URL), time.Since(begin).Seconds())
 	return c
 }

@@ -192,19 +192,29 @@ func startT(t testing.TB, kind Kind, opts []Option) *Broker {
 	t.Helper()
 	begin := time.Now()
 	b, err := Start(context.Background(), kind, opts...)
+	if !keep(t, kind, string(kind), b, err) {
+		return nil
+	}
+	t.Logf("testbed: %s (%s) ready at %s in %.1fs", kind, b.Image, b.URL, time.Since(begin).Seconds())
+	return b
+}
+
+// keep fails or skips t for err, the failure to start what (see fail),
+// or else terminates v when the test ends; it reports whether v started.
+func keep[T interface{ Terminate(context.Context) error }](t testing.TB, kind Kind, what string, v T, err error) bool {
+	t.Helper()
 	if err != nil {
 		fail(t, kind, err)
-		return nil // not reached
+		return false // not reached with a real testing.TB
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		if err := b.Terminate(ctx); err != nil {
-			t.Logf("testbed: terminate %s: %v", kind, err)
+		if err := v.Terminate(ctx); err != nil {
+			t.Logf("testbed: terminate %s: %v", what, err)
 		}
 	})
-	t.Logf("testbed: %s (%s) ready at %s in %.1fs", kind, b.Image, b.URL, time.Since(begin).Seconds())
-	return b
+	return true
 }
 
 // fail skips or fails t for a broker that could not be started.
