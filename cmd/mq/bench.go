@@ -125,21 +125,19 @@ func (a *app) bench(ctx context.Context, args []string) int {
 	fmt.Fprintf(a.stdout, "mq bench %s: %d messages of %d bytes, %d producers × batch %d, concurrency %d, %s, handler sleep %v, mode %s, %d run(s), GOMAXPROCS %d\n\n",
 		shown, *n, *size, *producers, *batch, *conc, keysText(*keys), *sleep, mode, *runs, runtime.GOMAXPROCS(0))
 	var all []bench.Result
+runs:
 	for range *runs {
 		for _, s := range systems {
-			rs, err := bench.Run(ctx, s, w, mode)
+			var rs []bench.Result
+			rs, err = bench.Run(ctx, s, w, mode)
 			all = append(all, rs...)
 			if err != nil {
-				a.fail("bench", err)
-				if len(all) > 0 {
-					_ = bench.WriteTable(a.stdout, bench.Summarize(all))
-				}
-				return exitFailure
+				break runs
 			}
 		}
 	}
-	sum := bench.Summarize(all)
-	if err := bench.WriteTable(a.stdout, sum); err != nil {
+	sum, ok := a.benchTable(all, err)
+	if !ok {
 		return exitFailure
 	}
 	if *bare {
@@ -163,15 +161,8 @@ func (a *app) benchSuite(ctx context.Context, systems []bench.System, rows []ben
 	fmt.Fprintf(a.stdout, "mq bench %s -suite %s: %d messages of %d bytes, %s, no-op handler, rows %s, %d round(s) alternating systems%s, GOMAXPROCS %d\n\n",
 		shown, suite, n, size, keysText(keys), strings.Join(names, ", "), runs, window, runtime.GOMAXPROCS(0))
 	all, err := bench.RunSuite(ctx, systems, rows, runs)
-	if err != nil {
-		a.fail("bench", err)
-		if len(all) > 0 {
-			_ = bench.WriteTable(a.stdout, bench.Summarize(all))
-		}
-		return exitFailure
-	}
-	sum := bench.Summarize(all)
-	if err := bench.WriteTable(a.stdout, sum); err != nil {
+	sum, ok := a.benchTable(all, err)
+	if !ok {
 		return exitFailure
 	}
 	if len(systems) > 1 {
@@ -181,6 +172,21 @@ func (a *app) benchSuite(ctx context.Context, systems []bench.System, rows []ben
 		}
 	}
 	return exitOK
+}
+
+// benchTable prints the medians of all. After a failed run (err) it
+// reports err and prints what finished before it; ok is false then, or
+// when the table cannot be written.
+func (a *app) benchTable(all []bench.Result, err error) (sum []bench.Result, ok bool) {
+	if err != nil {
+		a.fail("bench", err)
+		if len(all) > 0 {
+			_ = bench.WriteTable(a.stdout, bench.Summarize(all))
+		}
+		return nil, false
+	}
+	sum = bench.Summarize(all)
+	return sum, bench.WriteTable(a.stdout, sum) == nil
 }
 
 func keysText(keys int) string {
