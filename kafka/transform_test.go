@@ -378,6 +378,23 @@ type reader struct {
 	counts map[string]int
 }
 
+// consumePartitionRetry opens a partition from its oldest offset,
+// retrying for up to 30 s while a topic just created has no leader that
+// knows it is one yet (KRaft propagates leadership after CreateTopics
+// returns, and a ListOffsets in between answers NOT_LEADER_OR_FOLLOWER).
+func consumePartitionRetry(cons sarama.Consumer, topic string, p int32) (sarama.PartitionConsumer, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		pc, err := cons.ConsumePartition(topic, p, sarama.OffsetOldest)
+		retriable := errors.Is(err, sarama.ErrNotLeaderForPartition) || errors.Is(err, sarama.ErrLeaderNotAvailable) ||
+			errors.Is(err, sarama.ErrUnknownTopicOrPartition) || errors.Is(err, sarama.ErrReplicaNotAvailable)
+		if err == nil || !retriable || time.Now().After(deadline) {
+			return pc, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func readCommitted(t *testing.T, k *kafka.Conn, topic string) *reader {
 	t.Helper()
 	sc := sarama.NewConfig()
@@ -407,7 +424,7 @@ func readCommitted(t *testing.T, k *kafka.Conn, topic string) *reader {
 		_ = cons.Close()
 	})
 	for _, p := range parts {
-		pc, err := cons.ConsumePartition(topic, p, sarama.OffsetOldest)
+		pc, err := consumePartitionRetry(cons, topic, p)
 		if err != nil {
 			t.Fatal(err)
 		}
