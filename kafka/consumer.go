@@ -138,16 +138,34 @@ func (s *subscription) Cleanup(sarama.ConsumerGroupSession) error { return nil }
 func (s *subscription) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
 	pt := newPartition(s, sess, claim.Topic(), claim.Partition())
 	ctx := sess.Context()
+	msgs := claim.Messages()
+	batch := make([]*delivery, 0, claimBatch)
 feed:
 	for {
 		select {
-		case msg, ok := <-claim.Messages():
+		case msg, ok := <-msgs:
 			if !ok {
 				break feed
 			}
-			d := pt.track(msg)
-			if !s.push(ctx, d) {
-				pt.giveUp() // never queued: nobody else will settle it
+			// Take what else sarama has buffered already, without
+			// waiting, and queue it all at once: one lock and one wake-up
+			// of Receive for many records, not one per record.
+			batch = append(batch[:0], pt.track(msg))
+			open := true
+		more:
+			for len(batch) < cap(batch) {
+				select {
+				case msg, ok := <-msgs:
+					if !ok {
+						open = false
+						break more
+					}
+					batch = append(batch, pt.track(msg))
+				default:
+					break more
+				}
+			}
+			if !s.push(ctx, batch) || !open {
 				break feed
 			}
 		case <-ctx.Done():
@@ -164,29 +182,41 @@ feed:
 	return nil
 }
 
-// push queues d, waiting while the queue is full.
-func (s *subscription) push(ctx context.Context, d *delivery) bool {
-	for {
+// claimBatch is the most records ConsumeClaim queues at once.
+const claimBatch = 64
+
+// push queues ds in order, waiting while the queue is full. When it
+// cannot queue them all (the subscription closed or the session ended) it
+// gives up those it did not queue, since nobody else will settle them, and
+// returns false.
+func (s *subscription) push(ctx context.Context, ds []*delivery) bool {
+	for len(ds) > 0 {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			return false
+			break
 		}
-		if len(s.queue) < s.max {
-			s.queue = append(s.queue, d)
+		if n := min(s.max-len(s.queue), len(ds)); n > 0 {
+			s.queue = append(s.queue, ds[:n]...)
+			ds = ds[n:]
 			s.wakeLocked()
 			s.mu.Unlock()
-			return true
+			continue
 		}
 		s.pushing = true
 		space := s.space
 		s.mu.Unlock()
 		select {
 		case <-space:
+			continue
 		case <-ctx.Done():
-			return false
 		}
+		break
 	}
+	for _, d := range ds {
+		d.pt.giveUp() // never queued
+	}
+	return len(ds) == 0
 }
 
 // wakeLocked wakes a Receive waiting for the queue to grow. s.mu is held.
