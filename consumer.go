@@ -161,6 +161,8 @@ type dispatcher struct {
 	stopped     bool
 	scopes      map[<-chan struct{}]*scope // by Delivery.Lost channel
 	lastScope   *scope                     // the scope of the latest submit: most deliveries share it
+
+	pending []pendingTask // submit's reused batch; only the fetch goroutine uses it
 }
 
 // scope is the ownership shared by the deliveries that return one Lost
@@ -394,27 +396,50 @@ func (d *dispatcher) fetch(ctx context.Context) error {
 		} else {
 			failures = 0
 		}
-		for _, dl := range ds {
-			d.submit(dl)
-		}
+		d.submit(ds)
 	}
 }
 
-func (d *dispatcher) submit(dl Delivery) {
-	t := task{d: dl, m: dl.Message()}
-	if !TakeDeliveryHeaders(t.m, d.o.group) {
-		// Re-scheduled for another group (middleware.RetryLater): not ours.
-		if err := dl.Ack(d.actx); err != nil {
-			d.o.log().Warn("mq: ack of a message addressed to another group failed; it will come again", "id", t.m.ID, "error", err)
+// submit hands a batch of received deliveries to the workers, taking d.mu
+// once for all of them.
+func (d *dispatcher) submit(ds []Delivery) {
+	ps := d.pending[:0]
+	var received int64
+	if d.info != nil && len(ds) > 0 {
+		received = time.Now().UnixNano() // one clock read for the batch
+	}
+	for _, dl := range ds {
+		t := task{d: dl, m: dl.Message(), received: received}
+		if !TakeDeliveryHeaders(t.m, d.o.group) {
+			// Re-scheduled for another group (middleware.RetryLater): not ours.
+			if err := dl.Ack(d.actx); err != nil {
+				d.o.log().Warn("mq: ack of a message addressed to another group failed; it will come again", "id", t.m.ID, "error", err)
+			}
+			continue
 		}
-		return
+		ps = append(ps, pendingTask{t: t, lost: dl.Lost()}) // driver code: not under d.mu
 	}
-	if d.info != nil {
-		t.received = time.Now().UnixNano()
+	if len(ps) > 0 {
+		d.mu.Lock()
+		for _, p := range ps {
+			d.enqueueLocked(p.t, p.lost)
+		}
+		d.mu.Unlock()
 	}
-	lost := dl.Lost() // driver code: not under d.mu
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	clear(ps)
+	d.pending = ps[:0]
+}
+
+// pendingTask is a task on its way into the queues, with its delivery's
+// Lost channel.
+type pendingTask struct {
+	t    task
+	lost <-chan struct{}
+}
+
+// enqueueLocked adds t behind the unsettled tasks of its key, or makes it
+// ready at once. d.mu is held.
+func (d *dispatcher) enqueueLocked(t task, lost <-chan struct{}) {
 	if lost != nil {
 		t.sc = d.scopeLocked(lost)
 	}
@@ -668,8 +693,13 @@ func (d *dispatcher) advance(q *keyQueue) {
 	default:
 		d.pushReady(q)
 	}
-	wake := d.waitRoom
-	d.waitRoom = false
+	// Fetch waits until a quarter of the window is free, not one slot:
+	// with quick handlers a token per settled message would wake it (and
+	// make it receive one delivery) for every message.
+	wake := d.waitRoom && d.o.maxInFlight-d.outstanding >= max(d.o.maxInFlight/4, 1)
+	if wake {
+		d.waitRoom = false
+	}
 	d.mu.Unlock()
 	if wake {
 		select {
