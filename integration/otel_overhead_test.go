@@ -36,12 +36,14 @@ func (discardSpans) Shutdown(context.Context) error                             
 // producers sending batches of 100 messages of 1 KiB while one consumer
 // at concurrency 32 handles them (1000 keys, no-op handler). It is a
 // measurement, run only with MQ_TEST_OVERHEAD=1 (rounds: MQ_TEST_OVERHEAD_ROUNDS,
-// default 5); see BENCHMARKS.md.
+// default 5; backends: MQ_TEST_OVERHEAD_ONLY=mem,redis,kafka,rabbitmq,
+// default all); see BENCHMARKS.md.
 func TestOtelOverhead(t *testing.T) {
 	if os.Getenv("MQ_TEST_OVERHEAD") != "1" {
 		t.Skip("a measurement: set MQ_TEST_OVERHEAD=1")
 	}
 	rounds := 5
+	only := os.Getenv("MQ_TEST_OVERHEAD_ONLY") // a comma-separated list of backends; empty: all
 	if n, err := strconv.Atoi(os.Getenv("MQ_TEST_OVERHEAD_ROUNDS")); err == nil && n > 0 {
 		rounds = n
 	}
@@ -51,17 +53,14 @@ func TestOtelOverhead(t *testing.T) {
 		url          func(t *testing.T) string
 	}{
 		{"mem", "inmemory", 200000, func(*testing.T) string { return "mem://?capacity=1000000" }},
-		{"redis", "redis", 30000, func(t *testing.T) string {
-			for _, tg := range targets {
-				if tg.name == "redis" {
-					return withParams(t, tg.shared(t).URL, tg.params)
-				}
-			}
-			t.Fatal("no redis target")
-			return ""
-		}},
+		{"redis", "redis", 30000, targetURL("redis")},
+		{"kafka", "kafka", 100000, targetURL("kafka")},
+		{"rabbitmq", "rabbitmq", 30000, targetURL("rabbitmq")},
 	} {
 		t.Run(bk.name, func(t *testing.T) {
+			if only != "" && !slices.Contains(strings.Split(only, ","), bk.name) {
+				t.Skip("not in MQ_TEST_OVERHEAD_ONLY")
+			}
 			url := bk.url(t)
 			modes := []struct {
 				name    string
@@ -116,6 +115,20 @@ func TestOtelOverhead(t *testing.T) {
 			}
 			t.Log(b.String())
 		})
+	}
+}
+
+// targetURL returns the URL of the shared broker of the named target
+// (started on first use), with the target's parameters.
+func targetURL(name string) func(t *testing.T) string {
+	return func(t *testing.T) string {
+		for _, tg := range targets {
+			if tg.name == name {
+				return withParams(t, tg.shared(t).URL, tg.params)
+			}
+		}
+		t.Fatalf("no %s target", name)
+		return ""
 	}
 }
 
