@@ -1,11 +1,16 @@
-// Command benchcmp runs the mq bench workload on Redis Streams and Kafka
-// through the mqkit SDK and through Watermill (watermill-redisstream and
-// watermill-kafka) in one run, and prints the medians and the
-// SDK/Watermill ratios. It is a module of its own so that Watermill never
-// enters the SDK's go.mod.
+// Command benchcmp runs the mq bench workload on Redis Streams, Kafka and
+// RabbitMQ through the mqkit SDK and through Watermill
+// (watermill-redisstream, watermill-kafka, watermill-amqp) in one run,
+// and prints the medians and the SDK/Watermill ratios. With -suite it runs
+// a preset of workloads (issue16: consume at concurrency 1, 16 and 32,
+// produce 16×1 and 4×100) through the SDK, the bare driver and Watermill,
+// rows and systems alternating in rounds, and prints SDK/bare and
+// SDK/Watermill side by side with CPU per message. It is a module of its
+// own so that Watermill never enters the SDK's go.mod.
 //
 //	source ../.testbed.env   # images for the testbed
 //	go run . -runs 3
+//	go run . -suite issue16 -n 300000 -runs 3
 //	go run . outbox          # package outbox's relay vs Watermill's Forwarder
 //
 // Watermill is used the way its documentation shows: a Publisher whose
@@ -57,9 +62,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	fs := flag.NewFlagSet("benchcmp", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	brokers := fs.String("brokers", "redis,kafka", "comma-separated: redis, kafka")
+	brokers := fs.String("brokers", "redis,kafka,rabbitmq", "comma-separated: redis, kafka, rabbitmq")
 	redisURL := fs.String("redis-url", "", "use this Redis instead of starting one")
 	kafkaURL := fs.String("kafka-url", "", "use this Kafka instead of starting one")
+	amqpURL := fs.String("amqp-url", "", "use this RabbitMQ instead of starting one")
+	suite := fs.String("suite", "", "run this preset of workloads through the SDK, the bare driver and Watermill: "+strings.Join(bench.Suites(), ", "))
 	runs := fs.Int("runs", 3, "runs of each system (medians are reported)")
 	n := fs.Int("n", 20000, "messages per phase")
 	conc := fs.Int("concurrency", 32, "SDK handler concurrency (Watermill handles one message at a time per subscriber)")
@@ -86,8 +93,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			kind, u = testbed.KindRedis, *redisURL
 		case "kafka":
 			kind, u = testbed.KindKafka, *kafkaURL
+		case "rabbitmq":
+			kind, u = testbed.KindRabbitMQ, *amqpURL
 		default:
-			return fmt.Errorf("unknown broker %q (want redis or kafka)", name)
+			return fmt.Errorf("unknown broker %q (want redis, kafka or rabbitmq)", name)
 		}
 		if u == "" {
 			fmt.Fprintf(stderr, "starting %s...\n", kind)
@@ -103,21 +112,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}()
 		}
 		var wm bench.System
-		if kind == testbed.KindRedis {
+		switch kind {
+		case testbed.KindRedis:
 			wm, err = newWatermillRedis(u)
-		} else {
+		case testbed.KindKafka:
 			wm, err = newWatermillKafka(u)
+		default:
+			wm, err = newWatermillAMQP(u)
 		}
 		if err != nil {
 			return err
 		}
 		systems := []bench.System{bench.SDK{URL: u}, wm}
+		if *suite != "" {
+			bare, err := bench.Bare(u)
+			if err != nil {
+				return err
+			}
+			systems = []bench.System{bench.SDK{URL: u}, bare, wm}
+		}
 		// A fresh broker (above all Kafka's JVM) is slower for its first
 		// seconds: warm it up through every system before measuring.
 		for _, s := range systems {
 			if _, err := bench.Run(ctx, s, bench.Workload{Messages: max(*n/5, 1000)}, bench.ModeConsume); err != nil {
 				return fmt.Errorf("warm-up: %w", err)
 			}
+		}
+		if *suite != "" {
+			if err := runSuite(ctx, stdout, kind, systems, *suite, w, *runs); err != nil {
+				return err
+			}
+			continue
 		}
 		var all []bench.Result
 		for range *runs {
@@ -140,6 +165,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintln(stdout)
 	}
+	return nil
+}
+
+// runSuite runs the rows of a suite through systems (SDK, bare,
+// Watermill) and prints the medians and both comparisons.
+func runSuite(ctx context.Context, stdout io.Writer, kind testbed.Kind, systems []bench.System, suite string, w bench.Workload, runs int) error {
+	rows, err := bench.Suite(suite, w)
+	if err != nil {
+		return err
+	}
+	all, err := bench.RunSuite(ctx, systems, rows, runs)
+	if err != nil {
+		return err
+	}
+	sum := bench.Summarize(all)
+	fmt.Fprintf(stdout, "## %s: suite %s (%d × 1 KiB per row, 1000 keys, no-op handler; rows and systems alternate in rounds)\n\n", kind, suite, w.Messages)
+	if err := bench.WriteTable(stdout, sum); err != nil {
+		return err
+	}
+	for _, other := range []string{systems[1].Name(), systems[2].Name()} {
+		fmt.Fprintln(stdout)
+		if err := bench.WriteComparison(stdout, sum, systems[0].Name(), other); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(stdout)
 	return nil
 }
 
