@@ -693,13 +693,8 @@ func (d *dispatcher) advance(q *keyQueue) {
 	default:
 		d.pushReady(q)
 	}
-	// Fetch waits until a quarter of the window is free, not one slot:
-	// with quick handlers a token per settled message would wake it (and
-	// make it receive one delivery) for every message.
-	wake := d.waitRoom && d.o.maxInFlight-d.outstanding >= max(d.o.maxInFlight/4, 1)
-	if wake {
-		d.waitRoom = false
-	}
+	wake := d.waitRoom
+	d.waitRoom = false
 	d.mu.Unlock()
 	if wake {
 		select {

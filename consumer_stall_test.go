@@ -1,0 +1,50 @@
+package mq_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mqkit/mq"
+)
+
+// 7 of 8 in-flight slots held by messages retrying in backoff; the 8th
+// settles. A message fed afterwards must still be handled.
+func TestInFlightRoomWithFailingKeys(t *testing.T) {
+	sub := newScriptSub()
+	c := mq.NewClient(&scriptConn{sub: sub})
+	defer c.Close()
+	cons, err := c.Consumer(context.Background(), "t", mq.WithGroup("g"), mq.WithConcurrency(8), mq.WithMaxInFlight(8),
+		mq.WithNackBackoff(10*time.Millisecond, 50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		if strings.HasPrefix(m.ID, "bad") {
+			return errors.New("downstream rejects")
+		}
+		return nil
+	})
+	for i := 0; i < 7; i++ {
+		sub.add(fmt.Sprintf("bad%d", i), fmt.Sprintf("k%d", i), nil)
+	}
+	sub.add("ok", "kok", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cons.Consume(ctx, h) }()
+	waitFor(t, "ok acked", func() bool { return len(sub.settlements("ok")) == 1 })
+	sub.add("next", "knext", nil)
+	deadline := time.Now().Add(3 * time.Second)
+	for len(sub.settlements("next")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("fetch never woke: 'next' not handled with 1 of 8 in-flight slots free")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}
