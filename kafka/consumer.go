@@ -240,6 +240,7 @@ func (s *subscription) spaceLocked() {
 func (s *subscription) dropQueued(pt *partition) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	n := len(s.queue)
 	s.queue = slices.DeleteFunc(s.queue, func(d *delivery) bool {
 		if d.pt == pt {
 			pt.giveUp()
@@ -247,6 +248,9 @@ func (s *subscription) dropQueued(pt *partition) {
 		}
 		return false
 	})
+	if len(s.queue) < n {
+		s.spaceLocked() // another partition's push may wait for room
+	}
 }
 
 // Receive returns up to max queued deliveries, waiting for at least one.
