@@ -38,9 +38,12 @@ func (d *delivery) Message() *mq.Message { return d.msg }
 func (d *delivery) Lost() <-chan struct{} { return d.ss.lost }
 
 // Ack acknowledges the delivery, or, when DeadLetter marked it, rejects it
-// without requeue so the broker dead-letters it. A lost delivery (see
-// Lost) is not acknowledged: Ack fails and the broker delivers the
-// message again.
+// without requeue so the broker dead-letters it. The acknowledgement may
+// wait up to Config.AckDelay to go out in one basic.ack (multiple) with
+// the channel's later ones; if the channel drops meanwhile, the broker
+// delivers the message again, as it does for an ack lost on the wire. A
+// lost delivery (see Lost) is not acknowledged: Ack fails and the broker
+// delivers the message again.
 func (d *delivery) Ack(context.Context) error {
 	d.s.c.untrack(d)
 	if d.ss.isLost() {
@@ -48,9 +51,9 @@ func (d *delivery) Ack(context.Context) error {
 	}
 	var err error
 	if d.reject.Load() {
-		err = d.ss.ch.Reject(d.tag, false)
+		err = d.ss.acks.settle(d.tag, func() error { return d.ss.ch.Reject(d.tag, false) })
 	} else {
-		err = d.ss.ch.Ack(d.tag, false)
+		err = d.ss.acks.ack(d.tag)
 	}
 	return d.settleErr("ack", err)
 }
@@ -67,7 +70,7 @@ func (d *delivery) Nack(context.Context) error {
 		return nil
 	}
 	d.s.pause()
-	return d.settleErr("nack", d.ss.ch.Nack(d.tag, false, true))
+	return d.settleErr("nack", d.ss.acks.settle(d.tag, func() error { return d.ss.ch.Nack(d.tag, false, true) }))
 }
 
 func (d *delivery) settleErr(op string, err error) error {

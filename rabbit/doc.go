@@ -129,7 +129,16 @@
 // # Consuming
 //
 // Consumers acknowledge manually, with a prefetch of the consumer's
-// max in-flight per queue. Attempt comes from the broker, and what it
+// max in-flight per queue. Acknowledgements are coalesced: for up to
+// Config.AckDelay (1 ms by default) or a quarter of the window, a run of
+// messages settled in delivery order goes out as one basic.ack with the
+// multiple flag, one frame and one socket write instead of one each (a
+// message still running before them keeps the later ones single, since a
+// multiple ack would settle it too; a reject or nack is sent at once).
+// Stopping a consumer sends what waits before its channel closes; a
+// channel that drops loses what waited, like acks in flight on the wire,
+// and the broker delivers those messages again. ack_delay=0 sends every
+// acknowledgement at once. Attempt comes from the broker, and what it
 // tells depends on the queue type:
 //
 //   - Quorum queues count deliveries, so Attempt is exact across

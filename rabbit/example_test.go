@@ -23,7 +23,7 @@ func ExampleParseURL() {
 	// Output:
 	// rabbit.Config{URL: amqp://app:xxxxx@rabbit:5672/orders?heartbeat=5, QueueType: quorum, Shards: 4}
 	// quorum 4
-	// mq: invalid URL "amqp://app:xxxxx@rabbit/?queue-type=quorum": unknown amqp:// parameter "queue-type" (known: auth_mechanism, cacertfile, certfile, channel_max, confirm_window, connection_timeout, dead_letter_exchange, declare, delivery_limit, exchange_type, heartbeat, keyfile, max_message_size, max_reconnect_backoff, prefetch, queue_type, reconnect_backoff, reconnect_timeout, server_name_indication, shards, unrouted)
+	// mq: invalid URL "amqp://app:xxxxx@rabbit/?queue-type=quorum": unknown amqp:// parameter "queue-type" (known: ack_delay, auth_mechanism, cacertfile, certfile, channel_max, confirm_window, connection_timeout, dead_letter_exchange, declare, delivery_limit, exchange_type, heartbeat, keyfile, max_message_size, max_reconnect_backoff, prefetch, queue_type, reconnect_backoff, reconnect_timeout, server_name_indication, shards, unrouted)
 }
 
 // A service producing and consuming through RabbitMQ. (Not run: it needs

@@ -149,24 +149,32 @@ type session struct {
 	round   *round // the consumers, nil before the first Receive; guarded by subscription.mu
 	stale   bool   // paused: recycle before consuming again; guarded by subscription.mu
 
+	acks *acks // settles the deliveries on ch
+
 	lost     chan struct{} // closed by lose
 	loseOnce sync.Once
 }
 
-// newSession watches the new channel ch of a subscription with shards
-// queues.
-func newSession(ch *amqp.Channel, shards int) *session {
+// newSession watches the new channel ch of subscription s.
+func (s *subscription) newSession(ch *amqp.Channel) *session {
+	cfg := &s.c.cfg
 	return &session{
 		ch:      ch,
 		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
-		cancels: ch.NotifyCancel(make(chan string, shards)),
+		cancels: ch.NotifyCancel(make(chan string, cfg.Shards)),
+		acks:    newAcks(ch, cfg.Logger, cfg.AckDelay, s.prefetch, cfg.Shards),
 		lost:    make(chan struct{}),
 	}
 }
 
 // lose closes ss.lost: the subscription no longer holds the right to
-// settle the session's deliveries. It is idempotent.
-func (ss *session) lose() { ss.loseOnce.Do(func() { close(ss.lost) }) }
+// settle the session's deliveries, and acknowledgements still waiting to
+// be sent are dropped (the broker delivers those messages again). It is
+// idempotent.
+func (ss *session) lose() {
+	ss.loseOnce.Do(func() { close(ss.lost) })
+	ss.acks.close(false)
+}
 
 // isLost reports whether lose was called.
 func (ss *session) isLost() bool {
@@ -179,9 +187,11 @@ func (ss *session) isLost() bool {
 }
 
 // retire gives up ss and closes its channel, waiting for the broker's
-// close-ok (or the connection's end): its deliveries are lost first, so no
+// close-ok (or the connection's end): the acknowledgements waiting to be
+// sent go first, then its deliveries are lost, so no later
 // acknowledgement races the broker's requeueing.
 func (ss *session) retire() {
+	ss.acks.close(true)
 	ss.lose()
 	_ = ss.ch.Close()
 }
@@ -209,7 +219,7 @@ func (s *subscription) connect(ctx context.Context) (*session, error) {
 		if err != nil {
 			return fmt.Errorf("rabbit: open channel: %w", err)
 		}
-		next := newSession(ch, s.c.cfg.Shards)
+		next := s.newSession(ch)
 		next.queues, err = s.c.declareGroup(ctx, conn, ch, s.topic, s.group)
 		if err == nil {
 			if err = ch.Qos(s.prefetch, 0, false); err != nil {

@@ -31,6 +31,8 @@ func TestParseURL(t *testing.T) {
 		{"amqp://h/?heartbeat=5&connection_timeout=2000&shards=2", rabbit.Config{URL: "amqp://h/?connection_timeout=2000&heartbeat=5", Shards: 2}},
 		{"amqp://h/vhost?declare=true&unrouted=keep", rabbit.Config{URL: "amqp://h/vhost"}},
 		{"amqp://h/?unrouted=hold", rabbit.Config{URL: "amqp://h/", HoldUnrouted: true}},
+		{"amqp://h/?ack_delay=5ms", rabbit.Config{URL: "amqp://h/", AckDelay: 5 * time.Millisecond}},
+		{"amqp://h/?ack_delay=0", rabbit.Config{URL: "amqp://h/", AckDelay: -1}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.url, func(t *testing.T) {
@@ -64,6 +66,8 @@ func TestParseURLErrors(t *testing.T) {
 		{"amqp://u:" + secret + "@h/?delivery_limit=3", "queue_type=quorum"},
 		{"amqp://u:" + secret + "@h/?max_message_size=-1", "max_message_size"},
 		{"amqp://u:" + secret + "@h/?reconnect_backoff=soon", "reconnect_backoff"},
+		{"amqp://u:" + secret + "@h/?ack_delay=-1ms", "ack_delay"},
+		{"amqp://u:" + secret + "@h/?ack_delay=soon", "ack_delay"},
 		{"amqp://u:" + secret + "@h/?dead_letter_exchange=", "dead_letter_exchange"},
 		{"amqp://u:" + secret + "@h/?heartbeat=notanumber", "heartbeat"},
 		{"amqp://u:" + secret + "@h:port/", ""},
