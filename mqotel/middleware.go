@@ -114,6 +114,9 @@ func (in *Instrumentation) carried(m *mq.Message) trace.SpanContext {
 	if len(m.Headers) == 0 {
 		return trace.SpanContext{}
 	}
+	if in.spanOnly {
+		return extractTraceContext(m.Headers)
+	}
 	return trace.SpanContextFromContext(in.prop.Extract(context.Background(), propagation.MapCarrier(m.Headers)))
 }
 
@@ -154,10 +157,19 @@ func (h *consumeHandler) Handle(ctx context.Context, m *mq.Message) (err error) 
 	ambient := trace.SpanContextFromContext(ctx)
 	// The creation context and any baggage, from the headers.
 	xctx := ctx
-	if len(m.Headers) > 0 {
+	var created trace.SpanContext
+	switch {
+	case len(m.Headers) == 0:
+	case in.spanOnly:
+		// W3C trace context alone: read without making contexts, which
+		// only WithMessageParent needs.
+		if created = extractTraceContext(m.Headers); created.IsValid() && in.messageParent {
+			xctx = trace.ContextWithRemoteSpanContext(ctx, created)
+		}
+	default:
 		xctx = in.prop.Extract(ctx, propagation.MapCarrier(m.Headers))
+		created = trace.SpanContextFromContext(xctx)
 	}
-	created := trace.SpanContextFromContext(xctx)
 	if created.Equal(ambient) {
 		created = trace.SpanContext{} // the headers held none
 	}
