@@ -539,10 +539,7 @@ func (d *dispatcher) lose(sc *scope) {
 		d.nack(dl)
 	}
 	if wake {
-		select {
-		case d.room <- struct{}{}:
-		default:
-		}
+		d.wakeFetch()
 	}
 }
 
@@ -639,9 +636,9 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 		d.advance(q)
 		return
 	}
-	defer d.mu.Unlock()
 	if d.stopped {
 		q.state = queueParked
+		d.mu.Unlock()
 		return
 	}
 	head := &q.tasks[q.head]
@@ -666,6 +663,13 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 		}
 	})
 	q.timer = timer
+	// Nothing settled, but this task no longer counts as runnable: if it
+	// was the last, fetch may have to fill the room that is free.
+	wake := d.roomLocked()
+	d.mu.Unlock()
+	if wake {
+		d.wakeFetch()
+	}
 }
 
 // withInfo returns ctx carrying the DeliveryInfo of one handler call of t:
@@ -693,14 +697,37 @@ func (d *dispatcher) advance(q *keyQueue) {
 	default:
 		d.pushReady(q)
 	}
-	wake := d.waitRoom
-	d.waitRoom = false
+	wake := d.roomLocked()
 	d.mu.Unlock()
 	if wake {
-		select {
-		case d.room <- struct{}{}:
-		default:
-		}
+		d.wakeFetch()
+	}
+}
+
+// roomLocked reports whether fetch, waiting for room, is to be woken now,
+// and if so clears waitRoom. It is woken once a quarter of the window is
+// free, so that with quick handlers it receives deliveries in batches
+// rather than one per settled message, or as soon as anything is free and
+// no task is runnable (the workers would idle: the rest of the window may
+// be held by keys waiting in retry backoff, which free nothing for a
+// while). d.mu is held.
+func (d *dispatcher) roomLocked() bool {
+	if !d.waitRoom {
+		return false
+	}
+	free := d.o.maxInFlight - d.outstanding
+	if free <= 0 || (free < max(d.o.maxInFlight/4, 1) && d.readyHead < len(d.ready)) {
+		return false
+	}
+	d.waitRoom = false
+	return true
+}
+
+// wakeFetch gives fetch its token for room, unless one is waiting.
+func (d *dispatcher) wakeFetch() {
+	select {
+	case d.room <- struct{}{}:
+	default:
 	}
 }
 

@@ -48,3 +48,45 @@ func TestInFlightRoomWithFailingKeys(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// The same with the last settlement before the stall seen while failed
+// messages were runnable again: the slot it frees is filled only because
+// a failure that leaves nothing runnable wakes fetch too.
+func TestInFlightRoomAfterFailures(t *testing.T) {
+	sub := newScriptSub()
+	c := mq.NewClient(&scriptConn{sub: sub})
+	defer c.Close()
+	cons, err := c.Consumer(context.Background(), "t", mq.WithGroup("g"), mq.WithConcurrency(1), mq.WithMaxInFlight(8),
+		mq.WithNackBackoff(time.Millisecond, 2*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
+		switch {
+		case strings.HasPrefix(m.ID, "bad"):
+			return errors.New("downstream rejects")
+		case m.ID == "ok":
+			time.Sleep(30 * time.Millisecond) // the failed ones are due again meanwhile
+		}
+		return nil
+	})
+	sub.add("ok", "kok", nil)
+	for i := 0; i < 7; i++ {
+		sub.add(fmt.Sprintf("bad%d", i), fmt.Sprintf("k%d", i), nil)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cons.Consume(ctx, h) }()
+	waitFor(t, "ok acked", func() bool { return len(sub.settlements("ok")) == 1 })
+	sub.add("next", "knext", nil)
+	deadline := time.Now().Add(3 * time.Second)
+	for len(sub.settlements("next")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("fetch never woke: 'next' not handled with 1 of 8 in-flight slots free")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+}

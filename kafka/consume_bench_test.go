@@ -55,9 +55,15 @@ func (c benchConn) Close() error { return nil }
 // BenchmarkConsumeClaim measures the SDK's own work per consumed Kafka
 // record, without a broker: records as sarama delivers them (key, 1 KiB
 // value, the mq-id header) go through ConsumeClaim's tracking and queue,
-// the portable consumer at concurrency 32 over 1000 keys, a no-op handler,
+// the portable consumer at concurrency 1 and 32 over 1000 keys, a no-op handler,
 // and the ack that marks the offset for commit.
 func BenchmarkConsumeClaim(b *testing.B) {
+	for _, conc := range []int{1, 32} {
+		b.Run("concurrency="+strconv.Itoa(conc), func(b *testing.B) { benchConsumeClaim(b, conc) })
+	}
+}
+
+func benchConsumeClaim(b *testing.B, concurrency int) {
 	body := make([]byte, 1024)
 	recs := make([]*sarama.ConsumerMessage, b.N)
 	for i := range recs {
@@ -76,7 +82,7 @@ func BenchmarkConsumeClaim(b *testing.B) {
 	}
 	c := mq.NewClient(benchConn{s})
 	defer c.Close()
-	cons, err := c.Consumer(ctx, "t", mq.WithGroup("g"), mq.WithConcurrency(32))
+	cons, err := c.Consumer(ctx, "t", mq.WithGroup("g"), mq.WithConcurrency(concurrency))
 	if err != nil {
 		b.Fatal(err)
 	}
