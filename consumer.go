@@ -663,9 +663,9 @@ func (d *dispatcher) runTask(q *keyQueue, t task) {
 		}
 	})
 	q.timer = timer
-	// Nothing settled, but this task no longer counts as runnable: if it
-	// was the last, fetch may have to fill the room that is free.
-	wake := d.roomLocked()
+	// Nothing settled, but room freed earlier may be waiting for fetch
+	// (see roomLocked).
+	wake := d.roomLocked(true)
 	d.mu.Unlock()
 	if wake {
 		d.wakeFetch()
@@ -697,7 +697,7 @@ func (d *dispatcher) advance(q *keyQueue) {
 	default:
 		d.pushReady(q)
 	}
-	wake := d.roomLocked()
+	wake := d.roomLocked(false)
 	d.mu.Unlock()
 	if wake {
 		d.wakeFetch()
@@ -705,18 +705,19 @@ func (d *dispatcher) advance(q *keyQueue) {
 }
 
 // roomLocked reports whether fetch, waiting for room, is to be woken now,
-// and if so clears waitRoom. It is woken once a quarter of the window is
-// free, so that with quick handlers it receives deliveries in batches
-// rather than one per settled message, or as soon as anything is free and
-// no task is runnable (the workers would idle: the rest of the window may
-// be held by keys waiting in retry backoff, which free nothing for a
-// while). d.mu is held.
-func (d *dispatcher) roomLocked() bool {
+// and if so clears waitRoom. After a settle it is woken once a quarter of
+// the window is free, so that with quick handlers it receives deliveries
+// in batches rather than one per settled message, or as soon as anything
+// is free and no task is runnable (the workers would idle). After a
+// failure (anyFree) it is woken if anything is free: failing keys cycling
+// through retries settle nothing, and may keep the runnable list from
+// ever emptying while they hold the rest of the window. d.mu is held.
+func (d *dispatcher) roomLocked(anyFree bool) bool {
 	if !d.waitRoom {
 		return false
 	}
 	free := d.o.maxInFlight - d.outstanding
-	if free <= 0 || (free < max(d.o.maxInFlight/4, 1) && d.readyHead < len(d.ready)) {
+	if free <= 0 || (!anyFree && free < max(d.o.maxInFlight/4, 1) && d.readyHead < len(d.ready)) {
 		return false
 	}
 	d.waitRoom = false

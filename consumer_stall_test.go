@@ -50,8 +50,9 @@ func TestInFlightRoomWithFailingKeys(t *testing.T) {
 }
 
 // The same with the last settlement before the stall seen while failed
-// messages were runnable again: the slot it frees is filled only because
-// a failure that leaves nothing runnable wakes fetch too.
+// messages were runnable again, and failures slower than their backoff, so
+// that some failed key is always runnable: the slot the settlement frees is
+// filled only because a failure wakes fetch when anything is free.
 func TestInFlightRoomAfterFailures(t *testing.T) {
 	sub := newScriptSub()
 	c := mq.NewClient(&scriptConn{sub: sub})
@@ -64,7 +65,10 @@ func TestInFlightRoomAfterFailures(t *testing.T) {
 	h := mq.HandlerFunc(func(ctx context.Context, m *mq.Message) error {
 		switch {
 		case strings.HasPrefix(m.ID, "bad"):
-			return errors.New("downstream rejects")
+			// Longer than the backoff: other failed keys are due again by
+			// the time this one fails, so something is always runnable.
+			time.Sleep(10 * time.Millisecond)
+			return errors.New("downstream times out")
 		case m.ID == "ok":
 			time.Sleep(30 * time.Millisecond) // the failed ones are due again meanwhile
 		}

@@ -58,11 +58,11 @@ type ackSender interface {
 }
 
 // newAcks returns the acks of channel ch, whose prefetch is prefetch per
-// queue for shards queues.
-func newAcks(ch ackSender, log *slog.Logger, delay time.Duration, prefetch, shards int) *acks {
-	// A quarter of the window at most waits, so that the broker, which
-	// counts unsent acks against the prefetch, keeps delivering.
-	every := min(64, max(1, prefetch*max(shards, 1)/4))
+// queue (per consumer: a member may be active on one shard queue only).
+func newAcks(ch ackSender, log *slog.Logger, delay time.Duration, prefetch int) *acks {
+	// A quarter of one queue's window at most waits, so that the broker,
+	// which counts unsent acks against the prefetch, keeps delivering.
+	every := min(64, max(1, prefetch/4))
 	if every == 1 {
 		delay = 0
 	}

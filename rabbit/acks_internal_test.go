@@ -88,7 +88,7 @@ func TestAcksCoalesceSafely(t *testing.T) {
 			f := newFakeChannel(t, n)
 			prefetch := []int{1, 4, 16, 256}[seed%4]
 			delay := time.Duration(r.IntN(3)) * time.Millisecond
-			a := newAcks(f, quietLog(), delay, prefetch, 1)
+			a := newAcks(f, quietLog(), delay, prefetch)
 			// Tags in roughly delivery order: none more than 8 places
 			// from its own.
 			order := make([]uint64, n)
@@ -139,7 +139,7 @@ func TestAcksCoalesceSafely(t *testing.T) {
 func TestAcksCoalesce(t *testing.T) {
 	const n = 1024
 	f := newFakeChannel(t, n)
-	a := newAcks(f, quietLog(), time.Hour, 256, 1)
+	a := newAcks(f, quietLog(), time.Hour, 256)
 	for tag := uint64(1); tag <= n; tag++ {
 		settle(t, f, a, tag, tag%100 == 0)
 	}
@@ -179,7 +179,7 @@ func first(m map[uint64]bool) uint64 {
 // and one held behind an unsettled older delivery is not held longer.
 func TestAcksFlushOnTimer(t *testing.T) {
 	f := newFakeChannel(t, 3)
-	a := newAcks(f, quietLog(), 5*time.Millisecond, 256, 1)
+	a := newAcks(f, quietLog(), 5*time.Millisecond, 256)
 	defer a.close(false)
 	f.handle(2)
 	if err := a.ack(2); err != nil { // tag 1 still runs
@@ -209,7 +209,7 @@ func TestAcksFlushOnTimer(t *testing.T) {
 // sends nothing, and later acks go out at once.
 func TestAcksDropOnLoss(t *testing.T) {
 	f := newFakeChannel(t, 2)
-	a := newAcks(f, quietLog(), time.Hour, 256, 1)
+	a := newAcks(f, quietLog(), time.Hour, 256)
 	f.handle(1)
 	_ = a.ack(1)
 	a.close(false)

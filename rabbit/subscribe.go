@@ -162,7 +162,7 @@ func (s *subscription) newSession(ch *amqp.Channel) *session {
 		ch:      ch,
 		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
 		cancels: ch.NotifyCancel(make(chan string, cfg.Shards)),
-		acks:    newAcks(ch, cfg.Logger, cfg.AckDelay, s.prefetch, cfg.Shards),
+		acks:    newAcks(ch, cfg.Logger, cfg.AckDelay, s.prefetch),
 		lost:    make(chan struct{}),
 	}
 }
