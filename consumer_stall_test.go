@@ -32,21 +32,7 @@ func TestInFlightRoomWithFailingKeys(t *testing.T) {
 		sub.add(fmt.Sprintf("bad%d", i), fmt.Sprintf("k%d", i), nil)
 	}
 	sub.add("ok", "kok", nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- cons.Consume(ctx, h) }()
-	waitFor(t, "ok acked", func() bool { return len(sub.settlements("ok")) == 1 })
-	sub.add("next", "knext", nil)
-	deadline := time.Now().Add(3 * time.Second)
-	for len(sub.settlements("next")) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("fetch never woke: 'next' not handled with 1 of 8 in-flight slots free")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	cancel()
-	<-done
+	consumeUntilNext(t, sub, cons, h)
 }
 
 // The same with the last settlement before the stall seen while failed
@@ -78,6 +64,14 @@ func TestInFlightRoomAfterFailures(t *testing.T) {
 	for i := 0; i < 7; i++ {
 		sub.add(fmt.Sprintf("bad%d", i), fmt.Sprintf("k%d", i), nil)
 	}
+	consumeUntilNext(t, sub, cons, h)
+}
+
+// consumeUntilNext runs cons until "ok" is acked, then feeds "next" and
+// fails unless it is handled within 3 s (its own poll loop, not waitFor's
+// 10 s): with one in-flight slot free, fetch must wake for it.
+func consumeUntilNext(t *testing.T, sub *scriptSub, cons mq.Consumer, h mq.Handler) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
