@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/integration/testbed"
 	"github.com/mqkit/mq/rabbit"
@@ -43,15 +41,7 @@ func (h *handledSet) len() int {
 // a closed channel are ready again).
 func queueReady(t *testing.T, url, queue string) int {
 	t.Helper()
-	raw, err := amqp.Dial(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ch, err := raw.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := rawChannel(t, url)
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)

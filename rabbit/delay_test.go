@@ -412,15 +412,7 @@ func TestDelayLatenessMeasured(t *testing.T) {
 	// The relay alone: 10,000 due messages put straight into the due
 	// queue of a topic nobody subscribes to yet, as the last level hands
 	// them over; then a subscription starts its relay.
-	raw, err := amqp.Dial(b.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ch, err := raw.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := rawChannel(t, b.URL)
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -438,6 +430,7 @@ func TestDelayLatenessMeasured(t *testing.T) {
 	due := time.Now().UTC().Format(time.RFC3339Nano)
 	var ids []*mq.Message
 	var last *amqp.DeferredConfirmation
+	var err error
 	for i := range nb {
 		id := fmt.Sprintf("relay-%d", i)
 		ids = append(ids, &mq.Message{ID: id})

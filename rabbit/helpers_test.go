@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/integration/testbed"
 	"github.com/mqkit/mq/rabbit"
@@ -109,4 +111,21 @@ func rabbitmqctl(ctx context.Context, b *testbed.Broker, args ...string) error {
 		err = fmt.Errorf("rabbitmqctl %s: exit %d: %s", strings.Join(args, " "), code, sb.String())
 	}
 	return err
+}
+
+// rawChannel opens a channel on a connection of the bare amqp091 client to
+// url, for a test to look at or act on the broker behind the SDK's back.
+// The connection is closed when the test ends.
+func rawChannel(t *testing.T, url string) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ch
 }

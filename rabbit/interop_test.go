@@ -494,16 +494,8 @@ func TestInteropFloatHeaders(t *testing.T) {
 	topic := uniqueTopic("interop-float")
 	col := newCollector()
 	consumeT(t, c, topic, col.handle, mq.WithGroup("g"))
-	raw, err := amqp.Dial(b.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ch, err := raw.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = ch.PublishWithContext(context.Background(), topic, "k", false, false, amqp.Publishing{
+	ch := rawChannel(t, b.URL)
+	err := ch.PublishWithContext(context.Background(), topic, "k", false, false, amqp.Publishing{
 		MessageId: "floats",
 		Headers: amqp.Table{
 			"f32": float32(2.5), "f64": 0.1,

@@ -295,15 +295,7 @@ func TestUnroutedKept(t *testing.T) {
 	if err := c.Producer().Produce(ctx, topic, &mq.Message{}, &mq.Message{}); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := amqp.Dial(b.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ch, err := raw.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := rawChannel(t, b.URL)
 	waitFor(t, 10*time.Second, "two messages in the unrouted queue", func() bool {
 		q, err := ch.QueueDeclarePassive(topic+".unrouted", true, false, false, false, nil)
 		if err != nil {
@@ -400,16 +392,9 @@ func TestDeadLetter(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	raw, err := amqp.Dial(b.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ch, err := raw.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := rawChannel(t, b.URL)
 	var d amqp.Delivery
+	var err error
 	waitFor(t, 30*time.Second, "the dead letter", func() bool {
 		var ok bool
 		d, ok, err = ch.Get(dlx, true)

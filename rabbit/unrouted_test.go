@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/mqkit/mq"
 	"github.com/mqkit/mq/integration/testbed"
 	"github.com/mqkit/mq/rabbit"
@@ -235,15 +233,7 @@ func TestUnroutedMoverDies(t *testing.T) {
 	if err := c.Producer().Produce(ctx, topic, msgs...); err != nil {
 		t.Fatal(err)
 	}
-	raw, err := amqp.Dial(b.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	ch, err := raw.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := rawChannel(t, b.URL)
 	// Cut the connections once the hand-over has begun.
 	cut := make(chan struct{})
 	go func() {
