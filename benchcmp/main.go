@@ -160,7 +160,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		fmt.Fprintln(stdout)
-		if err := bench.WriteRatios(stdout, sum, "sdk"); err != nil {
+		if err := bench.WriteRatios(stdout, all, "sdk"); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout)
@@ -186,7 +186,7 @@ func runSuite(ctx context.Context, stdout io.Writer, kind testbed.Kind, systems 
 	}
 	for _, other := range []string{systems[1].Name(), systems[2].Name()} {
 		fmt.Fprintln(stdout)
-		if err := bench.WriteComparison(stdout, sum, systems[0].Name(), other); err != nil {
+		if err := bench.WriteComparison(stdout, all, systems[0].Name(), other); err != nil {
 			return err
 		}
 	}

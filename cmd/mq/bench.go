@@ -136,13 +136,13 @@ runs:
 			}
 		}
 	}
-	sum, ok := a.benchTable(all, err)
+	ok := a.benchTable(all, err)
 	if !ok {
 		return exitFailure
 	}
 	if *bare {
 		fmt.Fprintln(a.stdout)
-		_ = bench.WriteRatios(a.stdout, sum, "sdk")
+		_ = bench.WriteRatios(a.stdout, all, "sdk")
 	}
 	return exitOK
 }
@@ -161,13 +161,13 @@ func (a *app) benchSuite(ctx context.Context, systems []bench.System, rows []ben
 	fmt.Fprintf(a.stdout, "mq bench %s -suite %s: %d messages of %d bytes, %s, no-op handler, rows %s, %d round(s) alternating systems%s, GOMAXPROCS %d\n\n",
 		shown, suite, n, size, keysText(keys), strings.Join(names, ", "), runs, window, runtime.GOMAXPROCS(0))
 	all, err := bench.RunSuite(ctx, systems, rows, runs)
-	sum, ok := a.benchTable(all, err)
+	ok := a.benchTable(all, err)
 	if !ok {
 		return exitFailure
 	}
 	if len(systems) > 1 {
 		fmt.Fprintln(a.stdout)
-		if err := bench.WriteComparison(a.stdout, sum, systems[0].Name(), systems[1].Name()); err != nil {
+		if err := bench.WriteComparison(a.stdout, all, systems[0].Name(), systems[1].Name()); err != nil {
 			return exitFailure
 		}
 	}
@@ -177,16 +177,15 @@ func (a *app) benchSuite(ctx context.Context, systems []bench.System, rows []ben
 // benchTable prints the medians of all. After a failed run (err) it
 // reports err and prints what finished before it; ok is false then, or
 // when the table cannot be written.
-func (a *app) benchTable(all []bench.Result, err error) (sum []bench.Result, ok bool) {
+func (a *app) benchTable(all []bench.Result, err error) (ok bool) {
 	if err != nil {
 		a.fail("bench", err)
 		if len(all) > 0 {
 			_ = bench.WriteTable(a.stdout, bench.Summarize(all))
 		}
-		return nil, false
+		return false
 	}
-	sum = bench.Summarize(all)
-	return sum, bench.WriteTable(a.stdout, sum) == nil
+	return bench.WriteTable(a.stdout, bench.Summarize(all)) == nil
 }
 
 func keysText(keys int) string {

@@ -311,7 +311,7 @@ func TestReport(t *testing.T) {
 		t.Errorf("median = %+v", m)
 	}
 	ratios := Ratios(sum, "sdk")
-	want := []Ratio{{Phase: PhaseProduce, System: "sdk", Other: "bare", Value: 1}, {Phase: PhaseConsume, System: "sdk", Other: "bare", Value: 0.25}}
+	want := []Ratio{{Phase: PhaseProduce, System: "sdk", Other: "bare", Value: 1, Low: 1, High: 1}, {Phase: PhaseConsume, System: "sdk", Other: "bare", Value: 0.25, Low: 0.25, High: 0.25}}
 	if len(ratios) != len(want) {
 		t.Fatalf("ratios %v, want %v", ratios, want)
 	}
@@ -328,6 +328,32 @@ func TestReport(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []string{"| sdk | produce | 10 | 100 |", "| 2.0ms | 4.0ms |", "| bare | consume | 10 | 200 |", "sdk/bare consume  0.25x"} {
+		if !strings.Contains(b.String(), s) {
+			t.Errorf("output lacks %q:\n%s", s, b.String())
+		}
+	}
+}
+
+// TestRatioRounds: given every run, a ratio is the one of the medians and
+// shows the range of the rounds (i-th run over i-th run), in both outputs.
+func TestRatioRounds(t *testing.T) {
+	rs := []Result{
+		{Workload: "w", System: "sdk", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 90, CPU: time.Second},
+		{Workload: "w", System: "bare", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 100, CPU: time.Second},
+		{Workload: "w", System: "sdk", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 60, CPU: time.Second},
+		{Workload: "w", System: "bare", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 120, CPU: time.Second},
+		{Workload: "w", System: "sdk", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 110, CPU: time.Second},
+		{Workload: "w", System: "bare", Phase: PhaseConsume, Messages: 100000, MsgsPerSec: 100, CPU: time.Second},
+	}
+	ratios := Ratios(rs, "sdk")
+	// Medians 90 and 100; rounds 0.9, 0.5 and 1.1.
+	if len(ratios) != 1 || math.Abs(ratios[0].Value-0.9) > 1e-9 || math.Abs(ratios[0].Low-0.5) > 1e-9 || math.Abs(ratios[0].High-1.1) > 1e-9 {
+		t.Fatalf("ratios = %+v, want 0.9 with rounds 0.5-1.1", ratios)
+	}
+	var b bytes.Buffer
+	_ = WriteRatios(&b, rs, "sdk")
+	_ = WriteComparison(&b, rs, "sdk", "bare")
+	for _, s := range []string{"sdk/bare w        0.90x (rounds 0.50-1.10)  CPU/msg 1.00x", "| w | 90 | 100 | 0.90× (rounds 0.50-1.10) | 1.00 | 1.00 | 1.00× |"} {
 		if !strings.Contains(b.String(), s) {
 			t.Errorf("output lacks %q:\n%s", s, b.String())
 		}

@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -50,24 +51,33 @@ func Median(rs []Result) Result {
 // Summarize groups rs by workload, system and phase, in the order each
 // first appears, and returns the Median of each group.
 func Summarize(rs []Result) []Result {
-	type key struct {
-		workload, system string
-		phase            Phase
-	}
-	var order []key
-	groups := map[key][]Result{}
-	for _, r := range rs {
-		k := key{r.Workload, r.System, r.Phase}
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], r)
-	}
+	order, groups := groupRuns(rs)
 	out := make([]Result, 0, len(order))
 	for _, k := range order {
 		out = append(out, Median(groups[k]))
 	}
 	return out
+}
+
+// runKey names the runs of one system in one phase of one workload.
+type runKey struct {
+	workload, system string
+	phase            Phase
+}
+
+// groupRuns groups rs by runKey, keeping the order of the runs in each
+// group, and lists the keys in the order each first appears.
+func groupRuns(rs []Result) ([]runKey, map[runKey][]Result) {
+	var order []runKey
+	groups := map[runKey][]Result{}
+	for _, r := range rs {
+		k := runKey{r.Workload, r.System, r.Phase}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	return order, groups
 }
 
 // WriteTable writes rs as a Markdown table, one row per result, with a
@@ -109,26 +119,56 @@ type Ratio struct {
 	Workload      string
 	Phase         Phase
 	System, Other string
-	// Value is System's msg/s over Other's.
+	// Value is System's msg/s over Other's (their medians).
 	Value float64
-	// CPU is System's CPU per message over Other's; 0 when either was
-	// not measured.
+	// Low and High are the lowest and highest ratio of one round: the
+	// i-th run of System over the i-th run of Other, as the bench
+	// alternates them. They show how far the runs spread; both are Value
+	// when there was one run of each.
+	Low, High float64
+	// CPU is System's CPU per message over Other's (medians); 0 when
+	// either was not measured.
 	CPU float64
 }
 
 // Ratios returns, for every workload and phase in rs, the throughput and
-// CPU per message of system over each other system measured there.
+// CPU per message of system over each other system measured there. rs may
+// hold several runs of each (as measured, in order) or their medians.
 func Ratios(rs []Result, system string) []Ratio {
+	order, groups := groupRuns(rs)
 	var out []Ratio
-	for _, a := range rs {
-		if a.System != system || a.MsgsPerSec == 0 {
+	for _, ka := range order {
+		if ka.system != system {
 			continue
 		}
-		for _, b := range rs {
-			if b.System == system || b.Workload != a.Workload || b.Phase != a.Phase || b.MsgsPerSec == 0 {
+		ga := groups[ka]
+		a := Median(ga)
+		if a.MsgsPerSec == 0 {
+			continue
+		}
+		for _, kb := range order {
+			if kb.system == system || kb.workload != ka.workload || kb.phase != ka.phase {
 				continue
 			}
-			r := Ratio{Workload: a.Workload, Phase: a.Phase, System: system, Other: b.System, Value: a.MsgsPerSec / b.MsgsPerSec}
+			gb := groups[kb]
+			b := Median(gb)
+			if b.MsgsPerSec == 0 {
+				continue
+			}
+			r := Ratio{Workload: ka.workload, Phase: ka.phase, System: system, Other: kb.system, Value: a.MsgsPerSec / b.MsgsPerSec}
+			r.Low, r.High = r.Value, r.Value
+			if n := min(len(ga), len(gb)); n > 1 {
+				r.Low, r.High = math.Inf(1), math.Inf(-1)
+				for i := range n {
+					if ga[i].MsgsPerSec > 0 && gb[i].MsgsPerSec > 0 {
+						v := ga[i].MsgsPerSec / gb[i].MsgsPerSec
+						r.Low, r.High = min(r.Low, v), max(r.High, v)
+					}
+				}
+				if r.Low > r.High { // no round had both
+					r.Low, r.High = r.Value, r.Value
+				}
+			}
 			if ca, cb := a.CPUPer100k(), b.CPUPer100k(); ca > 0 && cb > 0 {
 				r.CPU = ca / cb
 			}
@@ -138,8 +178,17 @@ func Ratios(rs []Result, system string) []Ratio {
 	return out
 }
 
+// spread formats r's round range, or "" when the rounds did not differ.
+func (r Ratio) spread() string {
+	if r.Low == r.High {
+		return ""
+	}
+	return fmt.Sprintf(" (rounds %.2f-%.2f)", r.Low, r.High)
+}
+
 // WriteRatios writes Ratios(rs, system), one per line: the throughput
-// ratio, then the CPU-per-message ratio where both were measured.
+// ratio with the range of its rounds, then the CPU-per-message ratio
+// where both were measured.
 func WriteRatios(w io.Writer, rs []Result, system string) error {
 	var b strings.Builder
 	for _, r := range Ratios(rs, system) {
@@ -147,7 +196,7 @@ func WriteRatios(w io.Writer, rs []Result, system string) error {
 		if r.Workload != "" {
 			label = r.Workload
 		}
-		fmt.Fprintf(&b, "%s/%s %-8s %.2fx", r.System, r.Other, label, r.Value)
+		fmt.Fprintf(&b, "%s/%s %-8s %.2fx%s", r.System, r.Other, label, r.Value, r.spread())
 		if r.CPU > 0 {
 			fmt.Fprintf(&b, "  CPU/msg %.2fx", r.CPU)
 		}
@@ -158,18 +207,26 @@ func WriteRatios(w io.Writer, rs []Result, system string) error {
 }
 
 // WriteComparison writes a Markdown table with one line per workload and
-// phase of rs (medians, as Summarize gives them): msg/s and CPU seconds
-// per 100,000 messages of system and other side by side, and their
-// ratios (throughput system/other, CPU per message system/other).
+// phase of rs (several runs of each, or their medians): msg/s and CPU
+// seconds per 100,000 messages of system and other side by side (medians),
+// and their ratios (throughput system/other, with the range of its rounds
+// when they differ; CPU per message system/other).
 func WriteComparison(w io.Writer, rs []Result, system, other string) error {
+	sum := Summarize(rs)
+	ratios := map[runKey]Ratio{}
+	for _, r := range Ratios(rs, system) {
+		if r.Other == other {
+			ratios[runKey{r.Workload, "", r.Phase}] = r
+		}
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "| workload | %[1]s msg/s | %[2]s msg/s | %[1]s/%[2]s | %[1]s CPU s/100k | %[2]s CPU s/100k | CPU %[1]s/%[2]s |\n", system, other)
 	b.WriteString("|---|--:|--:|--:|--:|--:|--:|\n")
-	for _, a := range rs {
+	for _, a := range sum {
 		if a.System != system {
 			continue
 		}
-		for _, o := range rs {
+		for _, o := range sum {
 			if o.System != other || o.Workload != a.Workload || o.Phase != a.Phase {
 				continue
 			}
@@ -178,8 +235,8 @@ func WriteComparison(w io.Writer, rs []Result, system, other string) error {
 				label = string(a.Phase)
 			}
 			ratio, cpu := "-", "-"
-			if o.MsgsPerSec > 0 {
-				ratio = fmt.Sprintf("%.2f×", a.MsgsPerSec/o.MsgsPerSec)
+			if r, ok := ratios[runKey{a.Workload, "", a.Phase}]; ok {
+				ratio = fmt.Sprintf("%.2f×%s", r.Value, r.spread())
 			}
 			if ca, co := a.CPUPer100k(), o.CPUPer100k(); ca > 0 && co > 0 {
 				cpu = fmt.Sprintf("%.2f×", ca/co)

@@ -190,7 +190,7 @@ func suiteMatrix(ctx context.Context, systems []bench.System, rows []bench.Row, 
 	}
 	if len(systems) > 1 {
 		fmt.Fprintln(stdout)
-		if err := bench.WriteComparison(stdout, sum, systems[0].Name(), systems[1].Name()); err != nil {
+		if err := bench.WriteComparison(stdout, all, systems[0].Name(), systems[1].Name()); err != nil {
 			return err
 		}
 	}
@@ -260,7 +260,7 @@ func matrix(ctx context.Context, systems []bench.System, w bench.Workload, mode 
 	}
 	if len(systems) > 1 {
 		fmt.Fprintln(stdout)
-		_ = bench.WriteRatios(stdout, sum, "sdk")
+		_ = bench.WriteRatios(stdout, all, "sdk")
 	}
 	fmt.Fprintln(stdout)
 	return nil
