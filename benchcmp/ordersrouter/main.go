@@ -94,7 +94,7 @@ func run(ctx context.Context, n int, w io.Writer) error {
 	ctx, done := context.WithCancel(ctx)
 	defer done()
 	var notified atomic.Int32
-	router.AddNoPublisherHandler("notification", "invoices", pubSub, func(m *message.Message) error {
+	router.AddConsumerHandler("notification", "invoices", pubSub, func(m *message.Message) error {
 		var inv Invoice
 		if err := json.Unmarshal(m.Payload, &inv); err != nil {
 			return err
