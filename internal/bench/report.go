@@ -213,11 +213,9 @@ func WriteRatios(w io.Writer, rs []Result, system string) error {
 // when they differ; CPU per message system/other).
 func WriteComparison(w io.Writer, rs []Result, system, other string) error {
 	sum := Summarize(rs)
-	ratios := map[runKey]Ratio{}
+	ratios := map[runKey]Ratio{} // by the other system's runs
 	for _, r := range Ratios(rs, system) {
-		if r.Other == other {
-			ratios[runKey{r.Workload, "", r.Phase}] = r
-		}
+		ratios[runKey{r.Workload, r.Other, r.Phase}] = r
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "| workload | %[1]s msg/s | %[2]s msg/s | %[1]s/%[2]s | %[1]s CPU s/100k | %[2]s CPU s/100k | CPU %[1]s/%[2]s |\n", system, other)
@@ -235,7 +233,7 @@ func WriteComparison(w io.Writer, rs []Result, system, other string) error {
 				label = string(a.Phase)
 			}
 			ratio, cpu := "-", "-"
-			if r, ok := ratios[runKey{a.Workload, "", a.Phase}]; ok {
+			if r, ok := ratios[runKey{o.Workload, o.System, o.Phase}]; ok {
 				ratio = fmt.Sprintf("%.2f×%s", r.Value, r.spread())
 			}
 			if ca, co := a.CPUPer100k(), o.CPUPer100k(); ca > 0 && co > 0 {
