@@ -95,6 +95,10 @@ type Conn struct {
 	bg sync.WaitGroup // calls abandoned to a blocked or hung broker
 
 	delays delays // delayed delivery: declared levels, relays (delay.go)
+
+	// handOverBeforeAck, set only by tests, runs in a hand-over before
+	// it sends its first acknowledgement (see moveUnrouted).
+	handOverBeforeAck func(queue string)
 }
 
 // Dial connects to the broker of cfg.URL and returns a connection. It

@@ -43,6 +43,17 @@ const handOverPatience = 10 * time.Second
 // that dies midway loses nothing: what it had not acknowledged goes back
 // to the unrouted queue for the next Subscribe (a message confirmed and
 // not yet acknowledged then arrives twice).
+//
+// The acknowledgements go as a few basic.ack frames with the multiple
+// flag: one per half window of messages, one before the basic.cancel
+// that ends the move and one for the deliveries that come after it. On
+// a quorum queue the broker's channel (RabbitMQ 3.13) holds back a
+// queue's settlements while 32 of its commands await the queue's log,
+// and drops those held back when the channel closes: a move that sent
+// an ack per message while the queue was slow (a slow disk, a memory
+// alarm) gave the tail of its messages, already moved, to the next
+// group too. Settlements sent before the channel closes are applied
+// before the broker takes back what its consumer held.
 func (c *Conn) handOver(ctx context.Context, conn *amqp.Connection, topic string, t handOverTarget) error {
 	if c.cfg.DisableUnroutedQueue || c.cfg.DisableDeclare {
 		return nil
@@ -121,11 +132,15 @@ func (c *Conn) moveUnrouted(ctx context.Context, conn *amqp.Connection, uq strin
 			c.closeChannel(pc.ch)
 		}
 	}()
-	m := &mover{c: c, ctx: ctx, ch: ch, pc: pc, uq: uq, t: t}
+	m := &mover{c: c, ctx: ctx, ch: ch, pc: pc, uq: uq, t: t, beforeAck: c.handOverBeforeAck}
 	cancelled := false
 	cancel := func() error {
 		if cancelled {
 			return nil
+		}
+		// Settled first: see handOver.
+		if err := m.settleAll(); err != nil {
+			return err
 		}
 		cancelled = true
 		// Deliveries sent before cancel-ok still arrive, then
@@ -149,11 +164,10 @@ func (c *Conn) moveUnrouted(ctx context.Context, conn *amqp.Connection, uq strin
 		select {
 		case d, ok = <-deliveries:
 		default:
-			// Nothing buffered: settle what was sent, then stop if
-			// the queue is empty.
-			if err := m.settleAll(); err != nil {
-				return 0, err
-			}
+			// Nothing buffered: stop if nothing is ready, the rest
+			// being on its way to this consumer. Not settled here,
+			// where deliveries can trickle in one by one: a settle
+			// is a command for the queue's log (see handOver).
 			if !cancelled {
 				now, err := ch.QueueDeclarePassive(uq, true, false, false, false, nil)
 				if err != nil {
@@ -168,6 +182,10 @@ func (c *Conn) moveUnrouted(ctx context.Context, conn *amqp.Connection, uq strin
 			select {
 			case d, ok = <-deliveries:
 			case <-time.After(time.Second):
+				// Idle: settle what was sent.
+				if err := m.settleAll(); err != nil {
+					return 0, err
+				}
 				continue
 			case <-ctx.Done():
 				return 0, ctx.Err()
@@ -194,7 +212,8 @@ func (c *Conn) moveUnrouted(ctx context.Context, conn *amqp.Connection, uq strin
 }
 
 // mover copies deliveries of the unrouted queue to a group and
-// acknowledges each once the broker confirmed its copy.
+// acknowledges them, a run at a time with one multiple ack, once the
+// broker confirmed their copies.
 type mover struct {
 	c       *Conn
 	ctx     context.Context
@@ -202,8 +221,10 @@ type mover struct {
 	pc      *pubChan
 	uq      string
 	t       handOverTarget
-	pending []held
+	pending []held // in delivery order: every delivery not acknowledged
 	moved   int
+
+	beforeAck func(queue string) // Conn.handOverBeforeAck
 }
 
 // held is a delivery whose copy awaits its confirm.
@@ -212,8 +233,8 @@ type held struct {
 	dc  *amqp.DeferredConfirmation
 }
 
-// send publishes a copy of d to the target, keeping at most window
-// copies unconfirmed.
+// send publishes a copy of d to the target, keeping fewer than window
+// copies unconfirmed: when window are, it settles the older half.
 func (m *mover) send(d *amqp.Delivery, window int) error {
 	exchange, key := "", m.t.queue
 	if m.t.exchange != "" {
@@ -228,51 +249,54 @@ func (m *mover) send(d *amqp.Delivery, window int) error {
 	}
 	m.pending = append(m.pending, held{tag: d.DeliveryTag, dc: dc})
 	if len(m.pending) >= window {
-		if err := m.settle(m.pending[0]); err != nil {
-			return err
-		}
-		m.pending = m.pending[1:]
+		return m.settle(max(1, window/2))
 	}
 	return nil
 }
 
-func (m *mover) settleAll() error {
-	for _, h := range m.pending {
-		if err := m.settle(h); err != nil {
-			return err
-		}
-	}
-	m.pending = m.pending[:0]
-	return nil
-}
+// settleAll settles every pending delivery.
+func (m *mover) settleAll() error { return m.settle(len(m.pending)) }
 
-// settle waits for the confirm of h's copy and acknowledges h.
-func (m *mover) settle(h held) error {
-	select {
-	case <-h.dc.Done():
-	case <-m.ctx.Done():
-		return m.ctx.Err()
-	case <-m.c.ctx.Done():
-		return mq.ErrClosed
+// settle waits for the confirms of the copies of the oldest n pending
+// deliveries and acknowledges those deliveries with one multiple ack:
+// it covers every delivery of the channel up to the newest of them, and
+// pending holds every delivery not acknowledged, in order.
+func (m *mover) settle(n int) error {
+	if n == 0 {
+		return nil
 	}
-	// A return comes before the confirm of its message.
-	select {
-	case r, ok := <-m.pc.returns:
-		if ok { // closed when the channel closes
-			return fmt.Errorf("%w: handing a message of %q over to group %q: %d %s", ErrUnroutable, m.uq, m.t.group, r.ReplyCode, r.ReplyText)
+	for _, h := range m.pending[:n] {
+		select {
+		case <-h.dc.Done():
+		case <-m.ctx.Done():
+			return m.ctx.Err()
+		case <-m.c.ctx.Done():
+			return mq.ErrClosed
 		}
-	default:
-	}
-	if !h.dc.Acked() {
-		if reason := m.pc.closeReason(); reason != nil {
-			return fmt.Errorf("rabbit: hand over the messages of %q: %w", m.uq, reason)
+		// A return comes before the confirm of its message.
+		select {
+		case r, ok := <-m.pc.returns:
+			if ok { // closed when the channel closes
+				return fmt.Errorf("%w: handing a message of %q over to group %q: %d %s", ErrUnroutable, m.uq, m.t.group, r.ReplyCode, r.ReplyText)
+			}
+		default:
 		}
-		return fmt.Errorf("%w: handing a message of %q over to group %q", ErrNacked, m.uq, m.t.group)
+		if !h.dc.Acked() {
+			if reason := m.pc.closeReason(); reason != nil {
+				return fmt.Errorf("rabbit: hand over the messages of %q: %w", m.uq, reason)
+			}
+			return fmt.Errorf("%w: handing a message of %q over to group %q", ErrNacked, m.uq, m.t.group)
+		}
 	}
-	if err := m.ch.Ack(h.tag, false); err != nil {
-		return fmt.Errorf("rabbit: acknowledge a message of %q: %w", m.uq, err)
+	if m.beforeAck != nil {
+		m.beforeAck(m.uq)
+		m.beforeAck = nil
 	}
-	m.moved++
+	if err := m.ch.Ack(m.pending[n-1].tag, true); err != nil {
+		return fmt.Errorf("rabbit: acknowledge messages of %q: %w", m.uq, err)
+	}
+	m.moved += n
+	m.pending = m.pending[:copy(m.pending, m.pending[n:])]
 	return nil
 }
 

@@ -294,3 +294,75 @@ func TestUnroutedMoverDies(t *testing.T) {
 	mu.Unlock()
 	t.Logf("%d messages delivered, %d of them more than once", n, twice)
 }
+
+// TestUnroutedHandOverStalledQueue: the unrouted quorum queue stops
+// applying commands (its Raft server suspended, as a slow disk or a
+// memory alarm would hold it) from the hand-over's first
+// acknowledgement until 3 s later, so the move ends and closes its
+// channel while its acknowledgements wait. RabbitMQ 3.13's channel holds
+// back a quorum queue's settlements past 32 unapplied commands and drops
+// them when the channel closes: with an ack per message the messages
+// came back to the unrouted queue, and a later group got them again.
+// Every message moved must stay acknowledged.
+func TestUnroutedHandOverStalledQueue(t *testing.T) {
+	b := testbed.SharedRabbitMQ(t)
+	c := openT(t, b.URL+"?queue_type=quorum")
+	conn := c.Conn().(*rabbit.Conn)
+	topic := uniqueTopic("stalled")
+	const keys, per = 4, 50
+	produceKeyed(t, c, topic, keys, per)
+
+	raft := func(op, queue string) error {
+		// A quorum queue's Raft server is registered as <vhost>_<queue>.
+		return rabbitmqctl(context.Background(), b, "eval",
+			fmt.Sprintf(`sys:%s(whereis(binary_to_atom(<<"%%2F_%s">>))).`, op, queue))
+	}
+	resumed := make(chan error, 1)
+	var once sync.Once
+	rabbit.SetHandOverBeforeAck(conn, func(queue string) {
+		once.Do(func() {
+			if err := raft("suspend", queue); err != nil {
+				resumed <- err
+				return
+			}
+			go func() {
+				time.Sleep(3 * time.Second)
+				resumed <- raft("resume", queue)
+			}()
+		})
+	})
+	first := newCollector()
+	consumeT(t, c, topic, first.handle, mq.WithGroup("first"), mq.WithConcurrency(4))
+	checkKeyedLoose(t, first.wait(t, keys*per), keys, per)
+	select {
+	case err := <-resumed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the hand-over sent no acknowledgement")
+	}
+	// What the broker takes back when the channel's consumer goes is back
+	// in the unrouted queue as soon as the queue applies commands again
+	// (while it does not, the broker counts its messages as 0).
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		bl, err := conn.Backlog(context.Background(), topic, "first")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bl.Unrouted != 0 {
+			t.Fatalf("%d messages came back to the unrouted queue after the first group got all %d", bl.Unrouted, keys*per)
+		}
+	}
+
+	later := newCollector()
+	consumeT(t, c, topic, later.handle, mq.WithGroup("later"))
+	if err := c.Producer().Produce(context.Background(), topic, &mq.Message{ID: "after-both"}); err != nil {
+		t.Fatal(err)
+	}
+	later.wait(t, 1)
+	time.Sleep(500 * time.Millisecond)
+	if got := later.snapshot(); len(got) != 1 || got[0].ID != "after-both" {
+		t.Errorf("the later group got %d messages, want only the one produced after it", len(got))
+	}
+}
