@@ -3,6 +3,7 @@ package kafka_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ import (
 // partition's fetch whose channel stays unread for
 // Consumer.MaxProcessingTime (100 ms by default) and subscribes it again
 // after a nap, which cost 15-25 % of the throughput of a busy consumer;
-// the SDK's members wait longer, since all their partitions wait for the
+// the SDK's members wait 5 s, since all their partitions wait for the
 // same window. Here Consume starts 3 s after Consumer: sarama must not
 // have given the partition up, and every message arrives once.
 func TestClaimKeepsItsFetchWhileWaiting(t *testing.T) {
@@ -49,11 +50,15 @@ func TestClaimKeepsItsFetchWhileWaiting(t *testing.T) {
 	time.Sleep(3 * time.Second) // the member joins and its claim waits
 
 	var handled atomic.Int64
+	var seen sync.Map // body -> true
 	all := make(chan struct{})
 	cctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- cons.Consume(cctx, mq.HandlerFunc(func(context.Context, *mq.Message) error {
+		done <- cons.Consume(cctx, mq.HandlerFunc(func(_ context.Context, m *mq.Message) error {
+			if _, dup := seen.LoadOrStore(string(m.Body), true); dup {
+				t.Errorf("message %s handled twice", m.Body)
+			}
 			if handled.Add(1) == n {
 				close(all)
 			}

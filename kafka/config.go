@@ -139,7 +139,9 @@ type Config struct {
 	User, Password string
 
 	// Sarama, when set, is called last with the sarama configuration, for
-	// settings this package does not expose.
+	// settings this package does not expose. Consumers use 5 s for
+	// Consumer.MaxProcessingTime unless it sets another value than
+	// sarama's default (100 ms).
 	Sarama func(*sarama.Config)
 }
 

@@ -55,7 +55,9 @@ func (c *Conn) Subscribe(ctx context.Context, topic, group string, opts mq.Subsc
 	// Each member has its own sarama client: a group session owns its
 	// connections, and closing it must not disturb the producer.
 	msc := *c.sc
-	msc.Consumer.MaxProcessingTime = claimPatience
+	if msc.Consumer.MaxProcessingTime == saramaMaxProcessingTime {
+		msc.Consumer.MaxProcessingTime = claimPatience
+	}
 	client, err := newClient(ctx, c.cfg.Brokers, &msc)
 	if err != nil {
 		return nil, classify(fmt.Errorf("kafka: connect consumer: %w", err))
@@ -188,18 +190,24 @@ feed:
 const claimBatch = 64
 
 // claimPatience is sarama's Consumer.MaxProcessingTime for the members
-// of Subscribe (not for the delay relay or a transform): how long a
-// partition's records may wait to be read from sarama's channel before
-// sarama gives up the partition's fetch and subscribes it again. The
-// default, 100 ms, suits partitions that proceed independently: one slow
-// partition does not hold up the fetches of the others. Here every
-// partition of a member feeds one queue bounded by the consumer's
-// in-flight window, and ConsumeClaim waits while it is full, so all
-// partitions wait together and giving one up frees nothing. It cost a
-// fetch round trip and up to two 100 ms naps each time, several times a
-// second with busy handlers or a consumer created before it called
-// Consume: 15-25 % of the throughput with a no-op handler (BENCHMARKS.md).
-const claimPatience = time.Minute
+// of Subscribe (not for the delay relay or a transform), unless
+// Config.Sarama set another: how long a partition's records may wait to
+// be read from sarama's channel before sarama gives up the partition's
+// fetch and subscribes it again. sarama fetches a broker's partitions in
+// lock step, so giving up a partition that makes no progress lets the
+// others of its broker fetch again. Here every partition of a member
+// feeds one queue bounded by the consumer's in-flight window, and
+// ConsumeClaim waits while it is full: all partitions wait together,
+// for moments at a time with busy handlers, and for as long as a
+// consumer created before it calls Consume waits. Given up after
+// sarama's 100 ms, a partition cost a fetch round trip and up to two
+// 100 ms naps each time, 15-25 % of the throughput with a no-op handler
+// (BENCHMARKS.md). A partition that moves nothing for claimPatience is
+// still given up.
+const claimPatience = 5 * time.Second
+
+// saramaMaxProcessingTime is sarama's default Consumer.MaxProcessingTime.
+const saramaMaxProcessingTime = 100 * time.Millisecond
 
 // push queues ds in order, waiting while the queue is full. When it
 // cannot queue them all (the subscription closed or the session ended) it

@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 }
 
 // saramaLines keeps the lines of sarama's log that tests look for.
-var saramaLines = &lineCatcher{keep: []string{"abandoned subscription"}}
+var saramaLines = &lineCatcher{keep: []string{"because consuming was taking too long"}}
 
 // lineCatcher is a slog.Handler that keeps the messages containing one
 // of keep and drops the rest.

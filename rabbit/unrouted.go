@@ -45,8 +45,9 @@ const handOverPatience = 10 * time.Second
 // not yet acknowledged then arrives twice).
 //
 // The acknowledgements go as a few basic.ack frames with the multiple
-// flag: one per half window of messages, one before the basic.cancel
-// that ends the move and one for the deliveries that come after it. On
+// flag: one per half window of messages, one after a second without
+// deliveries, one before the basic.cancel that ends the move and one for
+// the deliveries that come after it. On
 // a quorum queue the broker's channel (RabbitMQ 3.13) holds back a
 // queue's settlements while 32 of its commands await the queue's log,
 // and drops those held back when the channel closes: a move that sent
