@@ -47,14 +47,14 @@ const handOverPatience = 10 * time.Second
 // The acknowledgements go as a few basic.ack frames with the multiple
 // flag: one per half window of messages, one after a second without
 // deliveries, one before the basic.cancel that ends the move and one for
-// the deliveries that come after it. On
-// a quorum queue the broker's channel (RabbitMQ 3.13) holds back a
-// queue's settlements while 32 of its commands await the queue's log,
-// and drops those held back when the channel closes: a move that sent
-// an ack per message while the queue was slow (a slow disk, a memory
-// alarm) gave the tail of its messages, already moved, to the next
-// group too. Settlements sent before the channel closes are applied
-// before the broker takes back what its consumer held.
+// the deliveries that come after it. On a quorum queue the broker's
+// channel (RabbitMQ 3.13) holds back a queue's settlements while 32 of
+// its commands await the queue's log, and drops those held back when the
+// channel closes: a move that sent an ack per message while the queue
+// was slow (a slow disk, a memory alarm) gave the tail of its messages,
+// already moved, to the next group too. Settlements sent before the
+// channel closes are applied before the broker takes back what its
+// consumer held.
 func (c *Conn) handOver(ctx context.Context, conn *amqp.Connection, topic string, t handOverTarget) error {
 	if c.cfg.DisableUnroutedQueue || c.cfg.DisableDeclare {
 		return nil
