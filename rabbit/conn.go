@@ -97,7 +97,7 @@ type Conn struct {
 	delays delays // delayed delivery: declared levels, relays (delay.go)
 
 	// handOverBeforeAck, set only by tests, runs in a hand-over before
-	// it sends its first acknowledgement (see moveUnrouted).
+	// each acknowledgement it sends (see mover.settle).
 	handOverBeforeAck func(queue string)
 }
 

@@ -133,7 +133,7 @@ func (c *Conn) moveUnrouted(ctx context.Context, conn *amqp.Connection, uq strin
 			c.closeChannel(pc.ch)
 		}
 	}()
-	m := &mover{c: c, ctx: ctx, ch: ch, pc: pc, uq: uq, t: t, beforeAck: c.handOverBeforeAck}
+	m := &mover{c: c, ctx: ctx, ch: ch, pc: pc, uq: uq, t: t}
 	cancelled := false
 	cancel := func() error {
 		if cancelled {
@@ -224,8 +224,6 @@ type mover struct {
 	t       handOverTarget
 	pending []held // in delivery order: every delivery not acknowledged
 	moved   int
-
-	beforeAck func(queue string) // Conn.handOverBeforeAck
 }
 
 // held is a delivery whose copy awaits its confirm.
@@ -289,9 +287,8 @@ func (m *mover) settle(n int) error {
 			return fmt.Errorf("%w: handing a message of %q over to group %q", ErrNacked, m.uq, m.t.group)
 		}
 	}
-	if m.beforeAck != nil {
-		m.beforeAck(m.uq)
-		m.beforeAck = nil
+	if f := m.c.handOverBeforeAck; f != nil {
+		f(m.uq)
 	}
 	if err := m.ch.Ack(m.pending[n-1].tag, true); err != nil {
 		return fmt.Errorf("rabbit: acknowledge messages of %q: %w", m.uq, err)
