@@ -20,12 +20,12 @@ func TestMain(m *testing.M) {
 }
 
 // saramaLines keeps the lines of sarama's log that tests look for.
-var saramaLines = &lineCatcher{keep: []string{"because consuming was taking too long"}}
+var saramaLines = &lineCatcher{keep: "because consuming was taking too long"}
 
-// lineCatcher is a slog.Handler that keeps the messages containing one
-// of keep and drops the rest.
+// lineCatcher is a slog.Handler that keeps the messages containing keep
+// and drops the rest.
 type lineCatcher struct {
-	keep []string
+	keep string
 
 	mu    sync.Mutex
 	lines []string
@@ -36,13 +36,10 @@ func (h *lineCatcher) WithAttrs([]slog.Attr) slog.Handler     { return h }
 func (h *lineCatcher) WithGroup(string) slog.Handler          { return h }
 
 func (h *lineCatcher) Handle(_ context.Context, r slog.Record) error {
-	for _, k := range h.keep {
-		if strings.Contains(r.Message, k) {
-			h.mu.Lock()
-			h.lines = append(h.lines, r.Message)
-			h.mu.Unlock()
-			return nil
-		}
+	if strings.Contains(r.Message, h.keep) {
+		h.mu.Lock()
+		h.lines = append(h.lines, r.Message)
+		h.mu.Unlock()
 	}
 	return nil
 }
